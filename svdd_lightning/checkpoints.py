@@ -1,0 +1,98 @@
+"""Safe checkpoints: weights in safetensors, the constructor in JSON, no pickled code.
+
+A checkpoint directory holds ``config.json`` (``{"class_path": ..., "init_args": ...}``, nested for
+sub-modules) and ``model.safetensors``. Only classes of this package can be named, so a checkpoint
+file cannot run code.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+PACKAGE = "svdd_lightning."
+
+
+class Configurable:
+    """Mixin that records constructor arguments so that the object can be rebuilt from JSON."""
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        obj = super().__new__(cls)
+        bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+        bound.apply_defaults()
+        obj._init_args = {k: v for k, v in list(bound.arguments.items())[1:]}
+        return obj
+
+    def to_config(self) -> dict:
+        cls = type(self)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}",
+                "init_args": {k: _encode(v) for k, v in self._init_args.items()}}
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, Configurable):
+        return value.to_config()
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot store constructor argument of type {type(value).__name__} in a checkpoint config")
+
+
+def build(config: Any) -> Any:
+    """Instantiate a (nested) ``{"class_path", "init_args"}`` config of this package's classes."""
+    if isinstance(config, list):
+        return [build(v) for v in config]
+    if not isinstance(config, dict):
+        return config
+    if "class_path" not in config:
+        return {k: build(v) for k, v in config.items()}
+    path = config["class_path"]
+    if not path.startswith(PACKAGE):
+        raise ValueError(f"checkpoint config: class_path {path!r} is outside {PACKAGE[:-1]}; refusing to import it")
+    module, _, name = path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    return cls(**{k: build(v) for k, v in config.get("init_args", {}).items()})
+
+
+def save(module: nn.Module, directory: str | Path, metadata: dict | None = None) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` for a :class:`Configurable` module."""
+    if not isinstance(module, Configurable):
+        raise TypeError(f"{type(module).__name__} is not Configurable: it cannot be rebuilt from a config")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = module.to_config()
+    if metadata:
+        config["metadata"] = metadata
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"))
+    return directory
+
+
+def load(directory: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a module saved with :func:`save`; it comes back in eval mode."""
+    directory = Path(directory)
+    config_path, weights_path = directory / "config.json", directory / "model.safetensors"
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {directory}: missing {path.name} (expected a directory written by "
+                                    f"svdd_lightning.checkpoints.save or the export of train.py fit)")
+    config = json.loads(config_path.read_text())
+    config.pop("metadata", None)
+    module = build(config)
+    module.load_state_dict(load_file(str(weights_path), device=str(map_location)))
+    return module.eval()
+
+
+def metadata(directory: str | Path) -> dict:
+    """The ``metadata`` block of a checkpoint config (training figures, data sources)."""
+    return json.loads((Path(directory) / "config.json").read_text()).get("metadata", {})

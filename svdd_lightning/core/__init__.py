@@ -1,0 +1,1 @@
+"""Domain-free SVDD core: model interface, rewards, values, selection rules and decoders."""

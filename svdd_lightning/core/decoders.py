@@ -1,0 +1,204 @@
+"""Decoders: pretrained sampling, Best-of-N, SVDD (Algorithm 1), SMC (Algorithm 4) and DPS.
+
+Every decoder draws one sample per generator; a sample's randomness comes only from its own
+generator (SMC excepted: its particles interact through resampling across the batch).
+
+Compute is counted in denoiser calls (NFE) per sample: pretrained sampling costs T, Best-of-N
+N*T, SVDD with M candidates M*T (the M candidates of a step are denoised once, for their values,
+and the kept one's output is reused for its next proposal), SMC T. So Best-of-N with N = M spends
+the same denoiser compute as SVDD with M candidates.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .model import DiffusionModel
+from .reward import Reward, RewardFn, as_reward
+from .run import Candidates, DecodeStats, Run
+from .selection import effective_sample_size, resample, select_candidates
+from .state import State, index_rows, repeat_rows
+from .value import Value
+
+
+@dataclass
+class DecodeResult:
+    x0: State
+    samples: list
+    rewards: torch.Tensor
+    stats: DecodeStats
+
+
+def spawn_generators(generators: Sequence[torch.Generator], n: int) -> list[torch.Generator]:
+    """n child generators per generator, in row order b*n + j, seeded from the parent alone."""
+    children = []
+    for g in generators:
+        for seed in torch.randint(0, 2**62, (n,), generator=g).tolist():
+            children.append(torch.Generator().manual_seed(seed))
+    return children
+
+
+class Decoder(ABC):
+    """A sampling algorithm over a frozen :class:`DiffusionModel` and a reward."""
+
+    def __init__(self, chunk_size: int | None = None) -> None:
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
+        self.chunk_size = chunk_size
+
+    def sample(self, model: DiffusionModel, reward: Reward | RewardFn,
+               generators: Sequence[torch.Generator]) -> DecodeResult:
+        run = Run(model, as_reward(reward), self.chunk_size)
+        x0 = self._decode(run, list(generators))
+        samples = model.decode(x0)
+        rewards = run.score(x0)
+        return DecodeResult(x0, samples, rewards, run.stats)
+
+    @abstractmethod
+    def _decode(self, run: Run, generators: list[torch.Generator]) -> State: ...
+
+
+class PretrainedSampling(Decoder):
+    """Ancestral sampling from p_pre: the baseline every guided method is compared with."""
+
+    def _decode(self, run: Run, generators: list[torch.Generator]) -> State:
+        return ancestral(run, run.model.initial_state(generators), generators)
+
+
+def ancestral(run: Run, x: State, generators: list[torch.Generator]) -> State:
+    """Run the pretrained chain from level 0 to the clean level."""
+    current = Candidates(run, x, 0)
+    for level in range(run.model.num_steps):
+        x_next = run.model.propose(current.x, current.prediction, level, generators, 1)
+        current = Candidates(run, x_next, level + 1, parent=(current.x, current.prediction))
+    return current.x
+
+
+class BestOfN(Decoder):
+    """N independent pretrained samples per output; keep the one with the highest reward."""
+
+    def __init__(self, n: int = 10, chunk_size: int | None = None) -> None:
+        super().__init__(chunk_size)
+        if n < 1:
+            raise ValueError(f"BestOfN.n must be >= 1, got {n}")
+        self.n = n
+
+    def _decode(self, run: Run, generators: list[torch.Generator]) -> State:
+        children = spawn_generators(generators, self.n)
+        x0 = ancestral(run, run.model.initial_state(children), children)
+        rewards = run.score(x0).view(len(generators), self.n)
+        best = torch.arange(len(generators)) * self.n + rewards.argmax(dim=1)
+        return index_rows(x0, best)
+
+
+class SVDD(Decoder):
+    """Soft value-based decoding (Li et al. 2024, Algorithm 1).
+
+    At every step: draw M candidates x_{k+1} ~ p_pre(. | x_k) for the whole batch in one call,
+    score them with the soft value, keep the argmax (alpha = 0) or sample from softmax(v / alpha).
+    ``value`` is SVDD-PM's :class:`PosteriorMeanValue` or SVDD-MC's :class:`NetworkValue`; at the
+    last step the candidates are clean and are scored with the reward itself.
+    """
+
+    def __init__(self, value: Value, num_candidates: int = 10, alpha: float = 0.0,
+                 chunk_size: int | None = None) -> None:
+        super().__init__(chunk_size)
+        if num_candidates < 1:
+            raise ValueError(f"SVDD.num_candidates must be >= 1, got {num_candidates}")
+        if alpha < 0:
+            raise ValueError(f"SVDD.alpha must be >= 0 (0 = argmax), got {alpha}")
+        self.value = value
+        self.num_candidates = num_candidates
+        self.alpha = alpha
+
+    def _decode(self, run: Run, generators: list[torch.Generator]) -> State:
+        model, m = run.model, self.num_candidates
+        current = Candidates(run, model.initial_state(generators), 0)
+        for level in range(model.num_steps):
+            # 1. M proposals per sample from the pretrained model, one batched call
+            proposals = model.propose(current.x, current.prediction, level, generators, m)
+            parent = (repeat_rows(current.x, m), repeat_rows(current.prediction, m))
+            candidates = Candidates(run, proposals, level + 1, parent=parent)
+            # 2. soft values of the candidates
+            values = soft_value(self.value, candidates).view(-1, m)
+            # 3. selection: argmax, or softmax(v / alpha)
+            chosen = select_candidates(values, self.alpha, generators)
+            current = candidates.take(torch.arange(len(generators)) * m + chosen)
+        return current.x
+
+
+def soft_value(value: Value, candidates: Candidates) -> torch.Tensor:
+    """v(x_k): the value function, or the reward itself for clean states."""
+    return candidates.run.score(candidates.x) if candidates.is_clean else value(candidates)
+
+
+class SMC(Decoder):
+    """Sequential Monte Carlo over the batch (paper, Appendix A, Algorithm 4).
+
+    The batch is one population of particles: each proposes from p_pre, is weighted by
+    exp((v(x_{k+1}) - v(x_k)) / alpha), and the population is resampled when its effective sample
+    size falls below ``ess_threshold`` x its size (1.0: every step). Resampling uses the first
+    sample's generator, so a particle's output depends on the whole batch it was decoded with.
+    """
+
+    def __init__(self, value: Value, alpha: float = 1.0, ess_threshold: float = 1.0,
+                 resampling: str = "multinomial", chunk_size: int | None = None) -> None:
+        super().__init__(chunk_size)
+        if alpha <= 0:
+            raise ValueError(f"SMC.alpha must be > 0 (the weights are exp(v / alpha)), got {alpha}")
+        if not 0 < ess_threshold <= 1:
+            raise ValueError(f"SMC.ess_threshold must be in (0, 1], got {ess_threshold}")
+        self.value, self.alpha, self.ess_threshold, self.resampling = value, alpha, ess_threshold, resampling
+
+    def _decode(self, run: Run, generators: list[torch.Generator]) -> State:
+        model, n = run.model, len(generators)
+        current = Candidates(run, model.initial_state(generators), 0)
+        prev_value = self.value(current)
+        log_w = torch.zeros(n, dtype=torch.float64)
+        for level in range(model.num_steps):
+            proposals = model.propose(current.x, current.prediction, level, generators, 1)
+            current = Candidates(run, proposals, level + 1, parent=(current.x, current.prediction))
+            value = soft_value(self.value, current)
+            log_w += (value.double() - prev_value.double()) / self.alpha
+            prev_value = value
+            if effective_sample_size(log_w) < self.ess_threshold * n + 1e-9 or level + 1 == model.num_steps:
+                ancestors = resample(log_w, generators[0], self.resampling)
+                current, prev_value = current.take(ancestors), prev_value[ancestors]
+                log_w.zero_()
+        return current.x
+
+
+class DPS(Decoder):
+    """Diffusion posterior sampling: gradient guidance by a differentiable reward.
+
+    The model tilts each denoiser output by ``scale`` x the gradient of the reward at x0_hat (for
+    masked discrete models on the one-hot relaxation). The reward must be differentiable: its
+    callable has a ``relaxed(x)`` method on relaxed states.
+    """
+
+    def __init__(self, scale: float = 1.0, chunk_size: int | None = None) -> None:
+        super().__init__(chunk_size)
+        self.scale = scale
+
+    def _decode(self, run: Run, generators: list[torch.Generator]) -> State:
+        model = run.model
+        guidance = run.reward.differentiable()
+        x = model.initial_state(generators)
+        for level in range(model.num_steps):
+            with torch.inference_mode(False), torch.enable_grad():
+                prediction = model.guided_prediction(_normal_tensors(x), level, guidance, self.scale)
+            n = len(generators)
+            run.stats.denoiser_calls += n
+            run.stats.gradient_calls += n
+            x = model.propose(x, prediction, level, generators, 1)
+        return x
+
+
+def _normal_tensors(x: State) -> State:
+    """Copies usable by autograd even when created under ``torch.inference_mode``."""
+    from torch.utils._pytree import tree_map
+
+    return tree_map(lambda t: t.clone(), x)

@@ -1,0 +1,63 @@
+"""The interface a pretrained diffusion model offers to the decoders.
+
+States are indexed by *level* k = 0 .. num_steps: level 0 is the prior (pure noise / all masked),
+level num_steps is a clean sample. One denoising step goes from level k to level k + 1.
+
+The denoiser output (``denoise``) is kept apart from the transition (``propose``) so that a decoder
+can evaluate the denoiser once on each candidate, use it for the candidate's value (x0_hat) and,
+for the candidate it keeps, reuse it for the next proposal: SVDD then costs M denoiser calls per
+step, the same as M independent pretrained samplers.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from .state import State
+
+Prediction = Any  # what ``denoise`` returns: a tensor or pytree of tensors with leading batch dim
+
+
+class DiffusionModel(nn.Module, ABC):
+    """A frozen pretrained diffusion model seen as a Markov chain p_pre(x_{k+1} | x_k)."""
+
+    num_steps: int
+
+    @abstractmethod
+    def initial_state(self, generators: Sequence[torch.Generator]) -> State:
+        """One prior sample per generator (level 0)."""
+
+    @abstractmethod
+    def denoise(self, x: State, level: int) -> Prediction:
+        """One denoiser evaluation (one NFE per row) on states at ``level``."""
+
+    @abstractmethod
+    def propose(
+        self, x: State, prediction: Prediction, level: int, generators: Sequence[torch.Generator], num_candidates: int
+    ) -> State:
+        """Draw ``num_candidates`` states at level + 1 from p_pre(. | x) for every row of ``x``.
+
+        Row b's candidates are rows b*M .. b*M+M-1 of the result and use only ``generators[b]``.
+        No denoiser call: ``prediction`` is ``denoise(x, level)``.
+        """
+
+    @abstractmethod
+    def x0_hat(self, x: State, prediction: Prediction, level: int) -> State:
+        """Point estimate of the clean state E[x_0 | x_k] (posterior mean / mode), in state form."""
+
+    @abstractmethod
+    def decode(self, x0: State) -> list:
+        """Clean states -> samples the reward understands (strings, images, molecules)."""
+
+    def time(self, level: int) -> float:
+        """Diffusion time in [0, 1] of ``level`` (1 = noise, 0 = clean), for value networks."""
+        return 1.0 - level / self.num_steps
+
+    def guided_prediction(
+        self, x: State, level: int, guidance: Callable[[torch.Tensor], torch.Tensor], scale: float
+    ) -> Prediction:
+        """Denoiser output tilted by the gradient of a differentiable ``guidance`` (DPS)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support gradient guidance (DPS)")

@@ -1,0 +1,117 @@
+"""One decoding call's frozen model, reward and compute counters, and lazily evaluated candidates."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+import torch
+from torch.utils._pytree import tree_flatten, tree_map
+
+from .model import DiffusionModel, Prediction
+from .reward import Reward
+from .state import State, batch_size, index_rows, map_chunked
+
+
+@dataclass
+class DecodeStats:
+    """Compute spent by a decoding call, summed over its samples.
+
+    ``denoiser_calls`` counts rows passed through the denoiser (one NFE per row; a row whose state
+    did not change since its last evaluation is reused, not recomputed, when the model's denoiser
+    ignores the level). ``gradient_calls`` counts denoiser backward passes (DPS).
+    """
+
+    denoiser_calls: int = 0
+    gradient_calls: int = 0
+    reward_calls: int = 0
+    reward_failures: int = 0
+    value_calls: int = 0
+
+    def per_sample(self, n: int) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) / max(n, 1) for f in fields(self)}
+
+    def __iadd__(self, other: "DecodeStats") -> "DecodeStats":
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+
+def _rows_equal(a: State, b: State) -> torch.Tensor:
+    leaves_a, _ = tree_flatten(a)
+    leaves_b, _ = tree_flatten(b)
+    same = torch.ones(leaves_a[0].shape[0], dtype=torch.bool, device=leaves_a[0].device)
+    for ta, tb in zip(leaves_a, leaves_b):
+        same &= (ta == tb).reshape(ta.shape[0], -1).all(dim=1)
+    return same
+
+
+class Run:
+    """Counts every denoiser and reward evaluation of a decoding call and bounds its memory."""
+
+    def __init__(self, model: DiffusionModel, reward: Reward, chunk_size: int | None = None) -> None:
+        self.model = model
+        self.reward = reward
+        self.chunk_size = chunk_size
+        self.stats = DecodeStats()
+
+    def denoise(self, x: State, level: int, reuse: tuple[State, Prediction] | None = None) -> Prediction:
+        """``model.denoise`` in chunks; rows equal to ``reuse``'s state take its prediction."""
+        if reuse is not None and not getattr(self.model, "denoiser_uses_level", True):
+            prev_x, prev_pred = reuse
+            fresh = ~_rows_equal(x, prev_x)
+            if not bool(fresh.all()):
+                out = tree_map(torch.clone, prev_pred)
+                idx = fresh.nonzero().squeeze(1)
+                if idx.numel():
+                    new = self.denoise(index_rows(x, idx), level)
+                    tree_map(lambda o, n: o.index_copy_(0, idx.to(o.device), n), out, new)
+                return out
+        self.stats.denoiser_calls += batch_size(x)
+        return map_chunked(lambda s: self.model.denoise(s, level), x, self.chunk_size)
+
+    def score(self, x0: State) -> torch.Tensor:
+        """Reward of clean states (decoded first), floored where the reward fails."""
+        failures_before = self.reward.failures
+        values = torch.cat([self.reward(self.model.decode(chunk)) for chunk in _chunks(x0, self.chunk_size)])
+        self.stats.reward_calls += batch_size(x0)
+        self.stats.reward_failures += self.reward.failures - failures_before
+        return values
+
+
+def _chunks(x: State, chunk_size: int | None) -> list[State]:
+    n = batch_size(x)
+    step = chunk_size or n
+    return [index_rows(x, torch.arange(i, min(i + step, n))) for i in range(0, n, step)]
+
+
+class Candidates:
+    """States at one level whose denoiser output is computed once, on first use."""
+
+    def __init__(self, run: Run, x: State, level: int, parent: tuple[State, Prediction] | None = None,
+                 prediction: Prediction | None = None) -> None:
+        self.run = run
+        self.x = x
+        self.level = level
+        self._parent = parent
+        self._prediction = prediction
+
+    @property
+    def is_clean(self) -> bool:
+        return self.level == self.run.model.num_steps
+
+    @property
+    def prediction(self) -> Prediction:
+        if self._prediction is None:
+            self._prediction = self.run.denoise(self.x, self.level, reuse=self._parent)
+        return self._prediction
+
+    def x0_hat(self) -> State:
+        return self.x if self.is_clean else self.run.model.x0_hat(self.x, self.prediction, self.level)
+
+    def time(self) -> torch.Tensor:
+        return torch.full((batch_size(self.x),), self.run.model.time(self.level))
+
+    def take(self, index: torch.Tensor) -> "Candidates":
+        """The chosen rows, keeping their prediction if it was already computed."""
+        parent = None if self._parent is None else (index_rows(self._parent[0], index), index_rows(self._parent[1], index))
+        pred = None if self._prediction is None else index_rows(self._prediction, index)
+        return Candidates(self.run, index_rows(self.x, index), self.level, parent, pred)
+

@@ -1,0 +1,140 @@
+"""Masked (absorbing-state) discrete diffusion with MDLM's SUBS parameterisation.
+
+Tokens 0 .. V-1 are the alphabet, token V is [MASK]. The backbone maps tokens (or their one-hot
+relaxation, for gradient guidance) and the noise level to logits over V + 1 symbols; SUBS sets the
+mask logit to -inf and copies unmasked input tokens (carry-over unmasking).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoints import Configurable
+from ..core.model import DiffusionModel
+from .schedule import LogLinearSchedule
+
+
+class MaskedDiffusion(Configurable, DiffusionModel):
+    """An MDLM-style model with a T-step ancestral sampler.
+
+    Level k has time t_k = 1 - k / T. A step from t to s < t unmasks each masked token with
+    probability (t - s) / t, drawing it from the denoiser's p(x_0 | x_t); unmasked tokens stay.
+    With ``time_conditioning=False`` (MDLM's default) the denoiser ignores t, so an unchanged
+    state reuses its cached prediction.
+    """
+
+    def __init__(self, backbone: nn.Module, alphabet: str, seq_len: int, num_steps: int = 128,
+                 schedule: LogLinearSchedule | None = None, time_conditioning: bool = False) -> None:
+        super().__init__()
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        if len(set(alphabet)) != len(alphabet) or not alphabet:
+            raise ValueError(f"alphabet must be distinct symbols, got {alphabet!r}")
+        self.backbone = backbone
+        self.alphabet = alphabet
+        self.vocab_size = len(alphabet)
+        self.mask_id = len(alphabet)
+        self.seq_len = seq_len
+        self.num_steps = num_steps
+        self.schedule = schedule or LogLinearSchedule()
+        self.time_conditioning = time_conditioning
+        self.denoiser_uses_level = time_conditioning
+        self._lookup = {c: i for i, c in enumerate(alphabet)}
+
+    # --- sequences <-> tokens -------------------------------------------------------------------
+    def encode(self, sequences: Sequence[str]) -> torch.Tensor:
+        """Strings over the alphabet -> token tensor (N, seq_len), with a one-line error otherwise."""
+        rows = []
+        for i, seq in enumerate(sequences):
+            if len(seq) != self.seq_len:
+                raise ValueError(f"sequence {i} has length {len(seq)}; this model takes length {self.seq_len}")
+            try:
+                rows.append([self._lookup[c] for c in seq.upper()])
+            except KeyError as err:
+                raise ValueError(f"sequence {i} has symbol {err.args[0]!r} outside the alphabet "
+                                 f"{self.alphabet!r}") from None
+        return torch.tensor(rows, dtype=torch.long, device=self._device())
+
+    def decode(self, x0: torch.Tensor) -> list[str]:
+        symbols = self.alphabet + "N"  # N marks a position still masked (never in a finished sample)
+        return ["".join(symbols[i] for i in row) for row in x0.tolist()]
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # --- the denoiser --------------------------------------------------------------------------------
+    def log_probs(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """SUBS log p(x_0 | x_t) over the V symbols, (N, L, V); ``x`` is tokens or one-hot (N, L, V+1)."""
+        sigma = self.schedule.sigma(t) if self.time_conditioning else torch.zeros_like(t)
+        logits = self.backbone(x, sigma.to(self._device())).float()[..., : self.vocab_size]
+        log_p = logits.log_softmax(dim=-1)
+        tokens = x if x.dtype == torch.long else x.argmax(-1)
+        unmasked = (tokens != self.mask_id).unsqueeze(-1)
+        carry = F.one_hot(tokens.clamp(max=self.vocab_size - 1), self.vocab_size).bool()
+        return torch.where(unmasked, torch.where(carry, 0.0, -torch.inf), log_p)
+
+    def level_time(self, level: int) -> float:
+        return 1.0 - level / self.num_steps
+
+    def denoise(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        t = torch.full((x.shape[0],), self.level_time(level))
+        return self.log_probs(x.to(self._device()), t).cpu()
+
+    def initial_state(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        return torch.full((len(generators), self.seq_len), self.mask_id, dtype=torch.long)
+
+    def propose(self, x: torch.Tensor, prediction: torch.Tensor, level: int,
+                generators: Sequence[torch.Generator], num_candidates: int) -> torch.Tensor:
+        t, s = self.level_time(level), self.level_time(level + 1)
+        m, (b, length) = num_candidates, x.shape
+        u = torch.stack([torch.rand((m, length, 2), generator=g) for g in generators]).view(b * m, length, 2)
+        x = x.repeat_interleave(m, dim=0)
+        cdf = prediction.exp().cumsum(-1).repeat_interleave(m, dim=0)
+        token = (u[..., 1:] > cdf).sum(-1).clamp_(max=self.vocab_size - 1)
+        unmask = (x == self.mask_id) & (u[..., 0] >= s / t)
+        return torch.where(unmask, token, x)
+
+    def x0_hat(self, x: torch.Tensor, prediction: torch.Tensor, level: int) -> torch.Tensor:
+        """The denoiser's most likely clean sequence; unmasked tokens are kept."""
+        return torch.where(x == self.mask_id, prediction.argmax(-1), x)
+
+    def guided_prediction(self, x: torch.Tensor, level: int, guidance: Callable[[torch.Tensor], torch.Tensor],
+                          scale: float) -> torch.Tensor:
+        """DPS on the one-hot relaxation: tilt p(x_0 | x_t) by exp(scale * d r(x0_hat) / d x_t).
+
+        x0_hat is the denoiser's probability table (N, L, V); the gradient of the reward with
+        respect to the one-hot input through the denoiser scores each token a masked position
+        could be unmasked to.
+        """
+        onehot = F.one_hot(x.to(self._device()), self.vocab_size + 1).float().requires_grad_(True)
+        t = torch.full((x.shape[0],), self.level_time(level))
+        log_p = self.log_probs(onehot, t)
+        reward = guidance(log_p.exp()).sum()
+        (grad,) = torch.autograd.grad(reward, onehot)
+        tilted = (log_p + scale * grad[..., : self.vocab_size]).log_softmax(-1)
+        masked = (x.to(self._device()) == self.mask_id).unsqueeze(-1)
+        return torch.where(masked, tilted, log_p).detach().cpu()
+
+    # --- likelihood -----------------------------------------------------------------------------------
+    def nelbo(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Continuous-time NELBO of each sequence at times ``t`` (one per row), in nats."""
+        mask_prob = self.schedule.mask_prob(t).to(x0.device)
+        u = torch.rand(x0.shape, generator=generator).to(x0.device)
+        masked = u < mask_prob.unsqueeze(1)
+        xt = torch.where(masked, self.mask_id, x0)
+        log_p = self.log_probs(xt, t)
+        nll = -log_p.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+        return self.schedule.nelbo_weight(t).to(x0.device) * (nll * masked).sum(-1)
+
+    @torch.no_grad()
+    def elbo(self, x0: torch.Tensor, num_times: int = 32, seed: int = 0) -> torch.Tensor:
+        """Monte-Carlo ELBO (lower bound on log p_pre(x_0)) per sequence in nats, on stratified times."""
+        generator = torch.Generator().manual_seed(seed)
+        times = (torch.arange(num_times) + 0.5) / num_times * (1 - self.schedule.eps) + self.schedule.eps
+        total = torch.zeros(x0.shape[0], device=x0.device)
+        for t in times:
+            total += self.nelbo(x0, t.expand(x0.shape[0]), generator)
+        return -(total / num_times)

@@ -1,0 +1,1 @@
+"""Application domains: each supplies a pretrained model, rewards, value networks and configs."""

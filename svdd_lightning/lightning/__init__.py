@@ -1,0 +1,1 @@
+"""Lightning glue: pretraining, oracle training, decoding in predict_step, result writers, CLIs."""
