@@ -4,9 +4,11 @@ Every decoder draws one sample per generator; a sample's randomness comes only f
 generator (SMC excepted: its particles interact through resampling across the batch).
 
 Compute is counted in denoiser calls (NFE) per sample: pretrained sampling costs T, Best-of-N
-N*T, SVDD with M candidates M*T (the M candidates of a step are denoised once, for their values,
-and the kept one's output is reused for its next proposal), SMC T. So Best-of-N with N = M spends
-the same denoiser compute as SVDD with M candidates.
+N*T, SVDD with M candidates M*(T-1)+1 (the prior once; the M candidates of each step but the last
+are denoised once, for their values, and the kept one's output is reused for its next proposal;
+the last step's candidates are clean and scored by the reward), SMC T. So Best-of-N with N = M
+spends the same denoiser compute as SVDD with M candidates. Masked models whose denoiser ignores
+the level spend less: a row that did not change reuses its prediction (``Run.denoise``).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from .model import DiffusionModel
 from .reward import Reward, RewardFn, as_reward
 from .run import Candidates, DecodeStats, Run
 from .selection import effective_sample_size, resample, select_candidates
-from .state import State, index_rows, repeat_rows
+from .state import State, index_rows, map_chunked, repeat_rows
 from .value import Value
 
 
@@ -151,6 +153,8 @@ class SMC(Decoder):
             raise ValueError(f"SMC.alpha must be > 0 (the weights are exp(v / alpha)), got {alpha}")
         if not 0 < ess_threshold <= 1:
             raise ValueError(f"SMC.ess_threshold must be in (0, 1], got {ess_threshold}")
+        if resampling not in ("multinomial", "systematic"):
+            raise ValueError(f"SMC.resampling must be 'multinomial' or 'systematic', got {resampling!r}")
         self.value, self.alpha, self.ess_threshold, self.resampling = value, alpha, ess_threshold, resampling
 
     def _decode(self, run: Run, generators: list[torch.Generator]) -> State:
@@ -189,7 +193,8 @@ class DPS(Decoder):
         x = model.initial_state(generators)
         for level in range(model.num_steps):
             with torch.inference_mode(False), torch.enable_grad():
-                prediction = model.guided_prediction(_normal_tensors(x), level, guidance, self.scale)
+                prediction = map_chunked(lambda rows: model.guided_prediction(rows, level, guidance, self.scale),
+                                         _normal_tensors(x), self.chunk_size)
             n = len(generators)
             run.stats.denoiser_calls += n
             run.stats.gradient_calls += n

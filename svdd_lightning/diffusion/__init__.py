@@ -1,6 +1,8 @@
 """Diffusion models that plug into the core: masked discrete diffusion (MDLM-style)."""
 from .backbones import DilatedConvDenoiser
+from .dit import MDLMTransformer
 from .masked import MaskedDiffusion
+from .mdlm_checkpoint import load_mdlm_checkpoint
 from .schedule import LogLinearSchedule
 
-__all__ = ["DilatedConvDenoiser", "LogLinearSchedule", "MaskedDiffusion"]
+__all__ = ["DilatedConvDenoiser", "LogLinearSchedule", "MDLMTransformer", "MaskedDiffusion", "load_mdlm_checkpoint"]

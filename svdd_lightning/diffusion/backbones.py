@@ -34,7 +34,7 @@ class DilatedConvDenoiser(Configurable, nn.Module):
         self.head = nn.Linear(channels, vocab_size + 1)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        h = embed_tokens(x, self.embedding).transpose(1, 2)  # (N, C, L)
+        h = embed_tokens(x, self.embedding).transpose(1, 2).contiguous()  # (N, C, L)
         for conv, context in zip(self.convs, self.context):
             h = h + F.gelu(conv(h) + context(h.mean(dim=2)).unsqueeze(2))
         return self.head(self.norm(h.transpose(1, 2)))

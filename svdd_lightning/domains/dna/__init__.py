@@ -1,0 +1,1 @@
+"""DNA enhancer design: regulatory-region data, oracles, motif rewards, metrics."""

@@ -1,0 +1,57 @@
+"""Sequence-set metrics of the DRAKES enhancer benchmark (Wang et al. 2024)."""
+from __future__ import annotations
+
+import gzip
+import itertools
+from pathlib import Path
+
+import torch
+
+ALPHABET = "ACGT"
+
+
+def kmer_frequencies(sequences: list[str], k: int = 3) -> torch.Tensor:
+    """Counts of every k-mer over ACGT (4^k,), summed over the sequences; other symbols are skipped."""
+    index = {"".join(p): i for i, p in enumerate(itertools.product(ALPHABET, repeat=k))}
+    counts = torch.zeros(len(index), dtype=torch.float64)
+    for seq in sequences:
+        seq = seq.upper()
+        for i in range(len(seq) - k + 1):
+            j = index.get(seq[i: i + k])
+            if j is not None:
+                counts[j] += 1
+    return counts
+
+
+def read_fasta(path: str | Path) -> list[str]:
+    """Sequences of a FASTA file (optionally gzipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no FASTA file at {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    sequences, current = [], []
+    with opener(path, "rt") as handle:
+        for line in handle:
+            line = line.strip()
+            if line.startswith(">"):
+                if current:
+                    sequences.append("".join(current))
+                current = []
+            elif line:
+                current.append(line)
+    if current:
+        sequences.append("".join(current))
+    return sequences
+
+
+class KmerCorrelation:
+    """Pearson correlation of k-mer frequencies of designs with those of reference sequences."""
+
+    def __init__(self, reference: str, k: int = 3, name: str | None = None) -> None:
+        self.k = k
+        self.reference = kmer_frequencies(read_fasta(reference), k)
+        self.name = name or f"{k}mer_pearson"
+
+    def __call__(self, sequences: list[str]) -> float:
+        design = kmer_frequencies(sequences, self.k)
+        return float(torch.corrcoef(torch.stack([design, self.reference]))[0, 1])

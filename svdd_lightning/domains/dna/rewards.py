@@ -1,0 +1,41 @@
+"""DNA rewards: a trained oracle network read from a safe checkpoint."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ... import checkpoints
+from .data import encode_dna, valid_dna
+
+
+class OracleReward:
+    """Scores DNA strings with an oracle network saved by ``train.py fit`` (``ExportBest``).
+
+    ``output="logit"`` returns the network's logit (the reward of the HepG2 task), ``"probability"``
+    its sigmoid. Sequences with symbols outside ACGT score NaN (floored by :class:`Reward`).
+    ``relaxed`` scores one-hot probabilities (N, L, 4) differentiably, for DPS.
+    """
+
+    def __init__(self, checkpoint: str, output: str = "logit", batch_size: int = 1024, name: str | None = None) -> None:
+        if output not in ("logit", "probability"):
+            raise ValueError(f"OracleReward.output must be 'logit' or 'probability', got {output!r}")
+        self.network = checkpoints.load(checkpoint).requires_grad_(False)
+        self.output, self.batch_size = output, batch_size
+        self.name = name or f"oracle:{checkpoint.rstrip('/').split('/')[-1]}"
+
+    def _transform(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self.output == "logit" else torch.sigmoid(logits)
+
+    def __call__(self, sequences: list[str]) -> list[float]:
+        ok = valid_dna(sequences)
+        scores = torch.full((len(sequences),), math.nan)
+        if ok.any():
+            tokens = encode_dna([s for s, good in zip(sequences, ok) if good])
+            with torch.no_grad():
+                out = torch.cat([self.network(chunk) for chunk in tokens.split(self.batch_size)])
+            scores[ok] = self._transform(out.float())
+        return scores.tolist()
+
+    def relaxed(self, probs: torch.Tensor) -> torch.Tensor:
+        return self._transform(self.network(probs))

@@ -1,0 +1,61 @@
+"""Evaluation of decoded designs: per-sample metrics and the per-method summary of a run."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .core.model import DiffusionModel
+from .core.reward import as_reward
+from .core.state import State
+
+
+class SampleMetric(ABC):
+    """A per-sample evaluation column (an independent oracle, a likelihood under the model).
+
+    ``threshold``, when set, adds to the summary the fraction of samples scoring above it.
+    """
+
+    threshold: float | None = None
+
+    @abstractmethod
+    def __call__(self, model: DiffusionModel, x0: State, samples: list) -> torch.Tensor: ...
+
+
+class ScoreMetric(SampleMetric):
+    """A batched callable on decoded samples, e.g. an evaluation oracle; failures score NaN."""
+
+    def __init__(self, fn: Callable[[Sequence[Any]], Sequence[float]], threshold: float | None = None) -> None:
+        self.fn = as_reward(fn, floor=0.0)
+        self.threshold = threshold
+
+    def __call__(self, model: DiffusionModel, x0: State, samples: list) -> torch.Tensor:
+        return torch.tensor([float("nan") if v is None else float(v) for v in self.fn.fn(samples)])
+
+
+class ELBOMetric(SampleMetric):
+    """Approximate log-likelihood under the pretrained model: its Monte-Carlo ELBO, nats per sample."""
+
+    def __init__(self, num_times: int = 16, seed: int = 0) -> None:
+        self.num_times, self.seed = num_times, seed
+
+    def __call__(self, model: DiffusionModel, x0: State, samples: list) -> torch.Tensor:
+        elbo = getattr(model, "elbo", None)
+        if elbo is None:
+            raise TypeError(f"ELBOMetric: {type(model).__name__} has no elbo(x0) method")
+        device = next(model.parameters()).device
+        return elbo(x0.to(device), num_times=self.num_times, seed=self.seed).float().cpu()
+
+
+def quantile_summary(values: torch.Tensor) -> dict[str, float]:
+    """mean, median, and the top-20% / top-10% thresholds (80th / 90th percentiles), NaNs ignored."""
+    v = values[torch.isfinite(values)].double()
+    if v.numel() == 0:
+        return {"mean": float("nan"), "median": float("nan"), "top20": float("nan"), "top10": float("nan")}
+    return {"mean": float(v.mean()), "median": float(v.quantile(0.5)), "top20": float(v.quantile(0.8)),
+            "top10": float(v.quantile(0.9))}
+
+
+def distinct_fraction(samples: list) -> float:
+    return len({repr(s) for s in samples}) / max(len(samples), 1)

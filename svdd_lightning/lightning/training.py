@@ -1,0 +1,129 @@
+"""LightningModules that train the project's own models, and the callback that ships them."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import BinaryAUROC
+
+from .. import checkpoints
+from ..diffusion.masked import MaskedDiffusion
+
+
+def _adamw_with_cosine(module: L.LightningModule, lr: float, weight_decay: float, warmup_steps: int):
+    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    total = max(module.trainer.estimated_stepping_batches, warmup_steps + 1)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup_steps) / (total - warmup_steps))))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class MaskedDiffusionPretraining(L.LightningModule):
+    """Trains a :class:`MaskedDiffusion` by its continuous-time NELBO (MDLM), logged in bits/token."""
+
+    def __init__(self, model: MaskedDiffusion, lr: float = 2e-3, weight_decay: float = 0.0,
+                 warmup_steps: int = 200, val_times: int = 8) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+
+    def _bits_per_token(self, tokens: torch.Tensor, t: torch.Tensor, generator=None) -> torch.Tensor:
+        return self.model.nelbo(tokens, t, generator).mean() / (tokens.shape[1] * math.log(2))
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        tokens, _ = batch
+        loss = self._bits_per_token(tokens, self.model.schedule.sample_times(tokens.shape[0]).to(tokens.device))
+        self.log("train/nelbo_bpt", loss, prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch, stage: str) -> None:
+        tokens, _ = batch
+        generator = torch.Generator().manual_seed(0)
+        n = self.hparams.val_times
+        times = (torch.arange(n) + 0.5) / n
+        bpt = torch.stack([self._bits_per_token(tokens, t.expand(tokens.shape[0]).to(tokens.device), generator)
+                           for t in times]).mean()
+        self.log(f"{stage}/nelbo_bpt", bpt, prog_bar=True, batch_size=tokens.shape[0], sync_dist=True)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def configure_optimizers(self):
+        return _adamw_with_cosine(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps)
+
+
+class SequenceClassifierTraining(L.LightningModule):
+    """Trains a one-logit network on (tokens, label) with BCE; reports AUROC on validation and test."""
+
+    def __init__(self, network: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-2,
+                 warmup_steps: int = 100) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["network"])
+        self.network = network
+        self.val_auroc = BinaryAUROC()
+        self.test_auroc = BinaryAUROC()
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        tokens, labels = batch
+        loss = F.binary_cross_entropy_with_logits(self.network(tokens), labels)
+        self.log("train/bce", loss, prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch, metric: BinaryAUROC, stage: str) -> None:
+        tokens, labels = batch
+        logits = self.network(tokens)
+        metric.update(logits, labels.long())
+        self.log(f"{stage}/bce", F.binary_cross_entropy_with_logits(logits, labels), batch_size=len(labels),
+                 sync_dist=True)
+        self.log(f"{stage}/auroc", metric, prog_bar=True)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_auroc, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_auroc, "test")
+
+    def configure_optimizers(self):
+        return _adamw_with_cosine(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps)
+
+
+class ExportBest(L.Callback):
+    """Writes the trained module (``model`` or ``network`` attribute) as a safe checkpoint directory
+    (``config.json`` + ``model.safetensors``) whenever the monitored validation metric improves."""
+
+    def __init__(self, directory: str, monitor: str, mode: str = "min") -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"ExportBest.mode must be 'min' or 'max', got {mode!r}")
+        self.directory, self.monitor, self.mode = Path(directory), monitor, mode
+        self.best: float | None = None
+        self.started = time.time()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            raise KeyError(f"ExportBest.monitor: {self.monitor!r} is not logged; logged: {sorted(trainer.callback_metrics)}")
+        value = float(value)
+        if self.best is not None and (value >= self.best if self.mode == "min" else value <= self.best):
+            return
+        self.best = value
+        module = getattr(pl_module, "model", None) or getattr(pl_module, "network")
+        checkpoints.save(module, self.directory, metadata={
+            self.monitor: value, "epoch": trainer.current_epoch, "global_step": trainer.global_step,
+            "train_seconds": round(time.time() - self.started, 1),
+            "parameters": sum(p.numel() for p in module.parameters()),
+        })

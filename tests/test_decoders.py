@@ -1,0 +1,187 @@
+"""Decoder contracts: per-sample determinism, the reward failure policy, chunking, argument checks.
+
+The model is a MaskedDiffusion over ACGT, length 12, 8 steps, with a randomly initialised
+DilatedConvDenoiser (no training needed: these are properties of the decoders, not of the model).
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from svdd_lightning import DPS, SMC, SVDD, BestOfN, PosteriorMeanValue, PretrainedSampling, Reward
+from svdd_lightning.diffusion import DilatedConvDenoiser, MaskedDiffusion
+from toys import generators
+
+STEPS = 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny tensors: intra-op threads only cost spin-waiting on a loaded machine (restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _inference():
+    with torch.inference_mode():
+        yield
+
+
+@pytest.fixture(scope="module")
+def model():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        backbone = DilatedConvDenoiser(vocab_size=4, channels=16)
+    return MaskedDiffusion(backbone, alphabet="ACGT", seq_len=12, num_steps=STEPS).eval()
+
+
+class GCCount:
+    """Number of G/C; ``relaxed`` takes DPS's probability table (N, L, 4)."""
+
+    name = "gc"
+
+    def __call__(self, samples):
+        return [s.count("G") + s.count("C") for s in samples]
+
+    def relaxed(self, probs: torch.Tensor) -> torch.Tensor:
+        return probs[..., 1:3].sum(dim=(-1, -2))
+
+
+DECODERS = {
+    "pretrained": lambda: PretrainedSampling(),
+    "best_of_n": lambda: BestOfN(n=4),
+    "svdd_argmax": lambda: SVDD(PosteriorMeanValue(), num_candidates=4, alpha=0.0),
+    "svdd_soft": lambda: SVDD(PosteriorMeanValue(), num_candidates=4, alpha=0.5),
+    "dps": lambda: DPS(scale=2.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+def test_sample_depends_only_on_its_generator(model, name):
+    full = DECODERS[name]().sample(model, GCCount(), generators(range(8)))
+    part = DECODERS[name]().sample(model, GCCount(), generators(range(4, 8)))
+    assert torch.equal(full.x0[4:], part.x0)
+    assert full.samples[4:] == part.samples
+    assert torch.equal(full.rewards[4:], part.rewards)
+    assert len(set(full.samples)) > 1  # the samples differ from each other
+    assert all(set(s) <= set("ACGT") for s in full.samples)  # nothing left masked
+
+
+def test_smc_is_reproducible_for_the_same_batch(model):
+    a = SMC(PosteriorMeanValue(), alpha=0.5).sample(model, GCCount(), generators(16))
+    b = SMC(PosteriorMeanValue(), alpha=0.5).sample(model, GCCount(), generators(16))
+    assert torch.equal(a.x0, b.x0)
+
+
+def test_guided_decoders_raise_gc(model):
+    n = 64
+    base = PretrainedSampling().sample(model, GCCount(), generators(n)).rewards.mean()
+    for name in ("best_of_n", "svdd_argmax"):
+        assert DECODERS[name]().sample(model, GCCount(), generators(n)).rewards.mean() > base + 1.0, name
+
+
+# --- the reward failure policy ---------------------------------------------------------------------
+def flaky(samples):
+    """Raises on any batch holding 'AAA'; None for 'TTT', NaN for 'GG'; the G/C count otherwise."""
+    out = []
+    for s in samples:
+        if "AAA" in s:
+            raise RuntimeError(f"cannot score {s}")
+        out.append(None if "TTT" in s else math.nan if "GG" in s else s.count("G") + s.count("C"))
+    return out
+
+
+def kind(s: str) -> str:
+    return "raise" if "AAA" in s else "none" if "TTT" in s else "nan" if "GG" in s else "ok"
+
+
+FLOOR = -1.0
+
+
+def test_reward_failures_are_floored_and_counted(model):
+    reward = Reward(flaky, floor=FLOOR)
+    result = PretrainedSampling().sample(model, reward, generators(96))
+    kinds = [kind(s) for s in result.samples]
+    assert {"raise", "none", "nan", "ok"} <= set(kinds)  # every failure mode occurs
+    for s, k, r in zip(result.samples, kinds, result.rewards.tolist()):
+        assert r == (FLOOR if k != "ok" else s.count("G") + s.count("C")), (s, r)
+    bad = sum(k != "ok" for k in kinds)
+    assert result.stats.reward_failures == bad == reward.failures
+    assert result.stats.reward_calls == 96
+
+
+def test_svdd_completes_with_a_failing_reward(model):
+    reward = Reward(flaky, floor=FLOOR)
+    n = 48
+    result = SVDD(PosteriorMeanValue(), num_candidates=4).sample(model, reward, generators(n))
+    assert len(result.samples) == n and torch.isfinite(result.rewards).all()
+    # candidates' x0_hat and the final samples all go through the same policy and counters
+    assert result.stats.reward_failures == reward.failures > 0
+    assert result.stats.reward_calls == reward.calls
+    for s, r in zip(result.samples, result.rewards.tolist()):
+        assert (r == FLOOR) == (kind(s) != "ok")
+    # the floor is below every valid score, so SVDD steers away from unscorable sequences
+    pretrained = PretrainedSampling().sample(model, Reward(flaky, floor=FLOOR), generators(n))
+    assert (result.rewards == FLOOR).sum() < (pretrained.rewards == FLOOR).sum()
+
+
+def test_reward_wrapper_isolates_bad_samples():
+    reward = Reward(flaky, floor=-2.0)
+    values = reward(["ACGTACGTACGT", "AAAGGGTTTCCC", "ATTTC", "AGGT", "GCGC"])
+    assert values.tolist() == [6.0, -2.0, -2.0, -2.0, 4.0]
+    assert (reward.calls, reward.failures) == (5, 3)
+    short = Reward(lambda xs: [1.0])  # wrong length: scored one by one
+    assert short(["A", "C"]).tolist() == [1.0, 1.0] and short.failures == 0
+    with pytest.raises(ValueError, match="floor"):
+        Reward(flaky, floor=math.inf)
+    with pytest.raises(TypeError, match="callable"):
+        Reward(3.0)
+
+
+# --- chunking ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["pretrained", "best_of_n", "svdd_argmax", "svdd_soft", "smc"])
+def test_chunk_size_does_not_change_results(model, name):
+    make = {**DECODERS, "smc": lambda chunk_size=None: SMC(PosteriorMeanValue(), alpha=0.5, chunk_size=chunk_size)}
+    if name == "smc":
+        plain, chunked = make["smc"](), make["smc"](chunk_size=5)
+    else:
+        plain, chunked = DECODERS[name](), DECODERS[name]()
+        chunked.chunk_size = 5
+    a = plain.sample(model, GCCount(), generators(12))
+    b = chunked.sample(model, GCCount(), generators(12))
+    assert torch.equal(a.x0, b.x0) and torch.equal(a.rewards, b.rewards)
+    assert a.stats == b.stats
+
+
+def test_chunk_size_is_passed_through_constructors():
+    assert BestOfN(n=2, chunk_size=3).chunk_size == 3
+    assert SVDD(PosteriorMeanValue(), chunk_size=3).chunk_size == 3
+    assert SMC(PosteriorMeanValue(), chunk_size=3).chunk_size == 3
+    assert PretrainedSampling(chunk_size=3).chunk_size == 3
+
+
+# --- argument checks ------------------------------------------------------------------------------
+@pytest.mark.parametrize("make,field", [
+    (lambda: SVDD(PosteriorMeanValue(), num_candidates=0), "num_candidates"),
+    (lambda: SVDD(PosteriorMeanValue(), alpha=-0.1), "alpha"),
+    (lambda: SMC(PosteriorMeanValue(), alpha=0.0), "alpha"),
+    (lambda: SMC(PosteriorMeanValue(), alpha=-1.0), "alpha"),
+    (lambda: SMC(PosteriorMeanValue(), ess_threshold=0.0), "ess_threshold"),
+    (lambda: SMC(PosteriorMeanValue(), ess_threshold=1.5), "ess_threshold"),
+    (lambda: BestOfN(n=0), "BestOfN.n"),
+    (lambda: PretrainedSampling(chunk_size=0), "chunk_size"),
+    (lambda: SVDD(PosteriorMeanValue(), chunk_size=-2), "chunk_size"),
+])
+def test_bad_arguments_raise_value_error_naming_the_field(make, field):
+    with pytest.raises(ValueError, match=field):
+        make()
+
+
+def test_unknown_resampling_scheme_is_rejected_at_construction():
+    with pytest.raises(ValueError, match="SMC.resampling"):
+        SMC(PosteriorMeanValue(), resampling="residual")

@@ -1,0 +1,307 @@
+"""Test fixtures: toy diffusion models whose exact laws are known.
+
+1. A tiny masked (MDLM-style) diffusion over 3 symbols, length 3, 3 steps, small enough to
+   enumerate: every state at every level, the exact pretrained transition kernels, hence the exact
+   p_pre(x_0) and the exact soft value v_k(x) = alpha log E_pre[exp(r(x_0) / alpha) | x_k].
+2. A 2-D Gaussian-mixture DDPM whose noise prediction is analytic (the noised marginal of a GMM is
+   a GMM), for the continuous-state decoders and DPS.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from svdd_lightning.core.model import DiffusionModel
+from svdd_lightning.core.run import Candidates
+from svdd_lightning.core.value import Value
+from svdd_lightning.diffusion.backbones import embed_tokens
+from svdd_lightning.diffusion.masked import MaskedDiffusion
+
+
+def generators(seeds: Sequence[int] | int, offset: int = 0) -> list[torch.Generator]:
+    """One generator per seed (or seeds offset .. offset + n - 1 for an int n)."""
+    if isinstance(seeds, int):
+        seeds = range(offset, offset + seeds)
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. enumerable masked diffusion
+# ------------------------------------------------------------------------------------------------
+class TinyBackbone(nn.Module):
+    """A fixed random denoiser: embedding + MLP over the flattened sequence (positions interact).
+
+    Maps tokens (N, L) or a one-hot relaxation (N, L, V+1) and sigma (ignored) to logits (N, L, V+1).
+    Its weights are drawn from ``seed`` alone (the global RNG is untouched).
+    """
+
+    def __init__(self, vocab_size: int, seq_len: int, embed_dim: int = 4, hidden: int = 16, seed: int = 0,
+                 logit_scale: float = 1.0) -> None:
+        super().__init__()
+        self.vocab_size, self.seq_len = vocab_size, seq_len
+        self.embedding = nn.Embedding(vocab_size + 1, embed_dim)
+        self.hidden = nn.Linear(seq_len * embed_dim, hidden)
+        self.out = nn.Linear(hidden, seq_len * (vocab_size + 1))
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in self.parameters():
+                fan_in = p.shape[-1] if p.dim() > 1 else 1
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
+        self.logit_scale = logit_scale
+        self.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        h = embed_tokens(x, self.embedding).flatten(1)
+        logits = self.out(torch.tanh(self.hidden(h))) * self.logit_scale
+        return logits.view(-1, self.seq_len, self.vocab_size + 1)
+
+
+def make_masked_toy(alphabet: str = "ABC", seq_len: int = 3, num_steps: int = 3, seed: int = 0,
+                    logit_scale: float = 0.5) -> MaskedDiffusion:
+    backbone = TinyBackbone(len(alphabet), seq_len, seed=seed, logit_scale=logit_scale)
+    return MaskedDiffusion(backbone=backbone, alphabet=alphabet, seq_len=seq_len, num_steps=num_steps).eval()
+
+
+class TableReward:
+    """A batched reward given by a table over decoded sequences."""
+
+    def __init__(self, table: dict[str, float], name: str = "table") -> None:
+        self.table = dict(table)
+        self.name = name
+
+    def __call__(self, samples: Sequence[str]) -> list[float]:
+        return [self.table[s] for s in samples]
+
+
+class ExactMaskedChain:
+    """Exact law of a small :class:`MaskedDiffusion`'s T-step sampler, by enumeration.
+
+    ``states`` (S, L) holds every sequence over {0 .. V-1, mask}, S = (V+1)^L, ordered so that the
+    index of a state is its base-(V+1) number (first position most significant). ``kernels[k]``
+    (S, S) is p_pre(x_{k+1} = y | x_k = x), computed from the model's own ``denoise`` output and its
+    transition rule: each masked position independently stays masked with probability s/t and is
+    otherwise drawn from p(x_0 | x_t), with t = t_k, s = t_{k+1}; unmasked positions stay.
+    """
+
+    def __init__(self, model: MaskedDiffusion) -> None:
+        self.model = model
+        v, length, steps = model.vocab_size, model.seq_len, model.num_steps
+        self.base = v + 1
+        self.states = torch.tensor(list(itertools.product(range(v + 1), repeat=length)), dtype=torch.long)
+        self.clean = (self.states != model.mask_id).all(dim=1)  # (S,) bool
+        self.clean_index = self.clean.nonzero().squeeze(1)  # state indices of the V^L clean sequences
+        self.sequences = model.decode(self.states[self.clean_index])  # their strings
+        self.powers = self.base ** torch.arange(length - 1, -1, -1)
+        self.kernels = [self._kernel(k) for k in range(steps)]
+        self.marginals = [torch.zeros(len(self.states), dtype=torch.float64)]
+        self.marginals[0][self.index(torch.full((1, length), model.mask_id))] = 1.0
+        for kernel in self.kernels:
+            self.marginals.append(self.marginals[-1] @ kernel)
+        self.p_pre = self.marginals[-1][self.clean_index]  # over ``sequences``
+
+    def index(self, x: torch.Tensor) -> torch.Tensor:
+        """State index of each row of a token tensor (N, L)."""
+        return (x.long() * self.powers).sum(dim=1)
+
+    @torch.inference_mode()
+    def _kernel(self, level: int) -> torch.Tensor:
+        model, mask = self.model, self.model.mask_id
+        t, s = model.level_time(level), model.level_time(level + 1)
+        probs = model.denoise(self.states, level).double().exp()  # (S, L, V); carry-over rows one-hot
+        stay = s / t
+        # per-position law of the next token over {0 .. V-1, mask}
+        q = torch.cat([(1 - stay) * probs, torch.full(probs.shape[:2] + (1,), stay, dtype=torch.float64)], dim=-1)
+        unmasked = self.states != mask
+        keep = torch.nn.functional.one_hot(self.states, self.base).double()
+        q = torch.where(unmasked.unsqueeze(-1), keep, q)  # (S, L, V+1)
+        kernel = torch.ones(len(self.states), len(self.states), dtype=torch.float64)
+        for i in range(self.states.shape[1]):
+            kernel *= q[:, i, :][:, self.states[:, i]]
+        return kernel / kernel.sum(dim=1, keepdim=True)  # float32 denoiser output: rows sum to 1 +- 1e-7
+
+    # --- rewards, values and targets ----------------------------------------------------------------
+    def reward_vector(self, reward: Callable[[list[str]], Sequence[float]]) -> torch.Tensor:
+        """r over ``sequences``."""
+        return torch.tensor(list(reward(self.sequences)), dtype=torch.float64)
+
+    def soft_values(self, reward: Callable[[list[str]], Sequence[float]], alpha: float) -> list[torch.Tensor]:
+        """v_k over all states, k = 0 .. T, by backward recursion.
+
+        alpha > 0: v_k(x) = alpha log sum_y p_k(y | x) exp(v_{k+1}(y) / alpha), v_T = r;
+        alpha = 0: its limit, v_k(x) = max over reachable y of v_{k+1}(y). Unreachable clean-level
+        states (still masked at level T) get -inf.
+        """
+        r = self.reward_vector(reward)
+        v = torch.full((len(self.states),), -math.inf, dtype=torch.float64)
+        v[self.clean_index] = r
+        values = [v]
+        for kernel in reversed(self.kernels):
+            log_k = kernel.log()
+            if alpha > 0:
+                v = alpha * torch.logsumexp(log_k + values[0] / alpha, dim=1)
+            else:
+                v = torch.where(kernel > 0, values[0].expand_as(kernel), -math.inf).max(dim=1).values
+            values.insert(0, v)
+        return values
+
+    def target(self, reward: Callable[[list[str]], Sequence[float]], alpha: float) -> torch.Tensor:
+        """p(x) proportional to exp(r(x) / alpha) p_pre(x) over ``sequences``."""
+        log_p = self.p_pre.log() + self.reward_vector(reward) / alpha
+        return torch.softmax(log_p, dim=0)
+
+    def optimal_policy_law(self, values: list[torch.Tensor], alpha: float) -> torch.Tensor:
+        """Law of x_0 under p*_k(y | x) = p_pre,k(y | x) exp((v_{k+1}(y) - v_k(x)) / alpha) (Theorem 1)."""
+        m = self.marginals[0]
+        for k, kernel in enumerate(self.kernels):  # v_k is finite for k < T; v_T = -inf off the clean states
+            m = m @ (kernel * torch.exp((values[k + 1].unsqueeze(0) - values[k].unsqueeze(1)) / alpha))
+        return m[self.clean_index]
+
+    def svdd_law(self, values: list[torch.Tensor], alpha: float, num_candidates: int) -> torch.Tensor:
+        """Exact law of x_0 under SVDD with M = ``num_candidates`` and selection softmax(v / alpha).
+
+        From x, M candidates are drawn i.i.d. from p = p_pre,k(. | x) and y is kept with probability
+        w_y / sum_j w_{c_j}, w = exp(v_{k+1} / alpha). Using 1/a = int_0^inf exp(-t a) dt,
+        P(keep y) = M p_y w_y int_0^inf exp(-t w_y) phi(t)^(M-1) dt with phi(t) = sum_z p_z exp(-t w_z).
+        M -> infinity gives the optimal policy (Theorem 1); M = 1 gives p_pre.
+        """
+        from scipy import integrate
+
+        m = self.marginals[0].numpy()
+        for k, kernel in enumerate(self.kernels):
+            kernel, v = kernel.numpy(), values[k + 1].numpy()
+            policy = np.zeros_like(kernel)
+            for x in np.nonzero(m > 0)[0]:
+                ys = np.nonzero(kernel[x] > 0)[0]
+                p, w = kernel[x, ys], np.exp((v[ys] - v[ys].max()) / alpha)  # the law is scale-free in w
+
+                def integrand(t, p=p, w=w):
+                    return np.exp(-t * w) * (p @ np.exp(-t * w)) ** (num_candidates - 1)
+
+                integral, _ = integrate.quad_vec(integrand, 0, np.inf, epsabs=1e-13, epsrel=1e-10)
+                policy[x, ys] = num_candidates * p * w * integral
+            m = m @ policy
+        return torch.from_numpy(m[self.clean_index.numpy()])
+
+    def counts(self, x0: torch.Tensor) -> torch.Tensor:
+        """Histogram of clean token rows (N, L) over ``sequences``."""
+        position = torch.full((len(self.states),), -1, dtype=torch.long)
+        position[self.clean_index] = torch.arange(len(self.clean_index))
+        idx = position[self.index(x0)]
+        assert bool((idx >= 0).all()), "a sample still holds a masked token"
+        return torch.bincount(idx, minlength=len(self.clean_index))
+
+
+class ExactValue(Value):
+    """The exact soft value v_k of a :class:`ExactMaskedChain`, looked up for each candidate row."""
+
+    def __init__(self, chain: ExactMaskedChain, values: list[torch.Tensor]) -> None:
+        self.chain = chain
+        self.values = values
+
+    def __call__(self, candidates: Candidates) -> torch.Tensor:
+        candidates.run.stats.value_calls += candidates.x.shape[0]
+        return self.values[candidates.level][self.chain.index(candidates.x)]
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. Gaussian-mixture DDPM in 2-D with the exact noise prediction
+# ------------------------------------------------------------------------------------------------
+class GaussianMixtureDDPM(DiffusionModel):
+    """A variance-preserving DDPM whose data law is a 2-D Gaussian mixture.
+
+    Data: sum_j w_j N(mu_j, sigma0^2 I). Forward process q(x_i | x_0) = N(sqrt(abar_i) x_0,
+    (1 - abar_i) I), i = 1 .. T, linear betas. The noised marginal is the mixture
+    sum_j w_j N(sqrt(abar_i) mu_j, (abar_i sigma0^2 + 1 - abar_i) I), so the optimal noise
+    prediction eps(x, i) = -sqrt(1 - abar_i) grad log q_i(x) is analytic. Level k is diffusion
+    index i = T - k (level 0: x_T ~ N(0, I); level T: clean). A step is DDPM's ancestral update
+    with the posterior variance beta~_i (zero on the last step).
+    """
+
+    denoiser_uses_level = True
+
+    def __init__(self, means: Sequence[Sequence[float]] = ((-2.0, 0.0), (2.0, 0.0), (0.0, 2.5)),
+                 weights: Sequence[float] = (0.5, 0.3, 0.2), sigma0: float = 0.4, num_steps: int = 50,
+                 beta_start: float = 1e-3, beta_end: float = 0.2) -> None:
+        super().__init__()
+        self.num_steps = num_steps
+        self.register_buffer("means", torch.tensor(means, dtype=torch.float64))
+        w = torch.tensor(weights, dtype=torch.float64)
+        self.register_buffer("log_weights", (w / w.sum()).log())
+        self.sigma0 = sigma0
+        betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+        abar = torch.cumprod(1 - betas, 0)
+        # index i = 1 .. T lives at position i (position 0: clean, abar = 1)
+        self.betas = torch.cat([torch.zeros(1, dtype=torch.float64), betas])
+        self.abar = torch.cat([torch.ones(1, dtype=torch.float64), abar])
+
+    # --- the data law -----------------------------------------------------------------------------
+    @property
+    def data_mean(self) -> torch.Tensor:
+        return (self.log_weights.exp().unsqueeze(1) * self.means).sum(0)
+
+    def index(self, level: int) -> int:
+        return self.num_steps - level
+
+    def eps(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        """Exact E[eps | x_i] for the mixture (differentiable in x)."""
+        i = self.index(level)
+        abar = float(self.abar[i])
+        var = abar * self.sigma0 ** 2 + 1 - abar
+        centres = math.sqrt(abar) * self.means.to(x.dtype)  # (J, 2)
+        diff = x.unsqueeze(1) - centres.unsqueeze(0)  # (N, J, 2)
+        logits = self.log_weights.to(x.dtype) - (diff ** 2).sum(-1) / (2 * var)
+        resp = torch.softmax(logits, dim=1)  # (N, J)
+        score = -(resp.unsqueeze(-1) * diff).sum(1) / var
+        return -math.sqrt(1 - abar) * score
+
+    # --- DiffusionModel ---------------------------------------------------------------------------
+    def initial_state(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        return torch.stack([torch.randn(2, generator=g, dtype=torch.float64) for g in generators])
+
+    def denoise(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        return self.eps(x, level)
+
+    def propose(self, x: torch.Tensor, prediction: torch.Tensor, level: int,
+                generators: Sequence[torch.Generator], num_candidates: int) -> torch.Tensor:
+        i, m = self.index(level), num_candidates
+        beta, abar = float(self.betas[i]), float(self.abar[i])
+        abar_prev = float(self.abar[i - 1])
+        mean = (x - beta / math.sqrt(1 - abar) * prediction) / math.sqrt(1 - beta)
+        std = math.sqrt(beta * (1 - abar_prev) / (1 - abar))  # posterior std; 0 when i = 1
+        z = torch.stack([torch.randn((m, 2), generator=g, dtype=torch.float64) for g in generators])
+        return mean.repeat_interleave(m, dim=0) + std * z.view(-1, 2)
+
+    def x0_hat(self, x: torch.Tensor, prediction: torch.Tensor, level: int) -> torch.Tensor:
+        """Tweedie: E[x_0 | x_i] = (x_i - sqrt(1 - abar_i) eps) / sqrt(abar_i)."""
+        abar = float(self.abar[self.index(level)])
+        return (x - math.sqrt(1 - abar) * prediction) / math.sqrt(abar)
+
+    def decode(self, x0: torch.Tensor) -> list:
+        return x0.tolist()
+
+    def guided_prediction(self, x: torch.Tensor, level: int, guidance: Callable[[torch.Tensor], torch.Tensor],
+                          scale: float) -> torch.Tensor:
+        """Classifier-guidance form of DPS: eps - scale sqrt(1 - abar) grad_x guidance(x0_hat(x))."""
+        x = x.detach().requires_grad_(True)
+        eps = self.eps(x, level)
+        value = guidance(self.x0_hat(x, eps, level)).sum()
+        (grad,) = torch.autograd.grad(value, x)
+        abar = float(self.abar[self.index(level)])
+        return (eps - scale * math.sqrt(1 - abar) * grad).detach()
+
+
+class FirstCoordinate:
+    """r(x) = x[0] on decoded 2-D points, differentiable for DPS through ``relaxed``."""
+
+    name = "first_coordinate"
+
+    def __call__(self, samples: Sequence[Sequence[float]]) -> list[float]:
+        return [float(s[0]) for s in samples]
+
+    def relaxed(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., 0]
