@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Sequence
 
 import torch
 
 from .core.model import DiffusionModel
-from .core.reward import as_reward
+from .core.reward import RewardFunction, as_reward
 from .core.state import State
 
 
@@ -26,7 +25,7 @@ class SampleMetric(ABC):
 class ScoreMetric(SampleMetric):
     """A batched callable on decoded samples, e.g. an evaluation oracle; failures score NaN."""
 
-    def __init__(self, fn: Callable[[Sequence[Any]], Sequence[float]], threshold: float | None = None) -> None:
+    def __init__(self, fn: RewardFunction, threshold: float | None = None) -> None:
         self.fn = as_reward(fn, floor=0.0)
         self.threshold = threshold
 

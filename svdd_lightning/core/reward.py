@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+from abc import ABC, abstractmethod
 from typing import Any, Callable, Sequence
 
 import torch
@@ -10,6 +11,26 @@ import torch
 log = logging.getLogger(__name__)
 
 RewardFn = Callable[[Sequence[Any]], Sequence[float]]
+
+
+class RewardFunction(ABC):
+    """Base of rewards named in configs (``class_path``); in Python any batched callable works."""
+
+    name: str = "reward"
+
+    @abstractmethod
+    def __call__(self, samples: Sequence[Any]) -> Sequence[float]: ...
+
+
+class FunctionReward(RewardFunction):
+    """A plain batched function as a configurable reward: ``function: mypackage.module.my_reward``."""
+
+    def __init__(self, function: Callable[[Sequence[Any]], Sequence[float]], name: str | None = None) -> None:
+        self.function = function
+        self.name = name or getattr(function, "__name__", "reward")
+
+    def __call__(self, samples: Sequence[Any]) -> Sequence[float]:
+        return self.function(samples)
 
 
 class Reward:
@@ -70,10 +91,10 @@ class Reward:
         return relaxed
 
 
-class WeightedSum:
-    """sum_i w_i r_i(x) of several batched rewards; a batched callable itself."""
+class WeightedSum(RewardFunction):
+    """sum_i w_i r_i(x) of several batched rewards; a sample any term cannot score scores NaN."""
 
-    def __init__(self, rewards: dict[str, RewardFn], weights: dict[str, float] | None = None) -> None:
+    def __init__(self, rewards: dict[str, RewardFunction], weights: dict[str, float] | None = None) -> None:
         if not rewards:
             raise ValueError("WeightedSum.rewards must name at least one reward")
         weights = weights or {}

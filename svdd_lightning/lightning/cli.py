@@ -1,15 +1,45 @@
 """LightningCLI entry points behind ``train.py`` and ``decode.py``."""
 from __future__ import annotations
 
+import argparse
+import os
+import sys
+from typing import Callable
+
 import lightning as L
 import torch
 from lightning.pytorch.cli import LightningCLI
 
+USER_ERRORS = (FileNotFoundError, ValueError, KeyError, TypeError, argparse.ArgumentError)
+PARSER_KWARGS = {"exit_on_error": False}
+
+
+def _condense(message: str) -> str:
+    """One line from a configuration error: the cause inside jsonargparse's report of a union."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    causes = [line[2:] for line in lines if line.startswith("- ") and "NoneType" not in line]
+    if causes:
+        return causes[0]
+    return " ".join(line for line in lines if not line.startswith("Given value"))
+
+
+def _one_line_errors(build: Callable[[], LightningCLI]) -> LightningCLI:
+    """Run a CLI; a configuration or input error ends it with one line naming the problem
+    (``SVDD_DEBUG=1`` shows the traceback instead)."""
+    try:
+        return build()
+    except USER_ERRORS as err:
+        if os.environ.get("SVDD_DEBUG"):
+            raise
+        message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        sys.exit(f"error: {' '.join(_condense(message).split())} (SVDD_DEBUG=1 shows the traceback)")
+
 
 def main_train(args: list[str] | None = None) -> LightningCLI:
     """``train.py``: any LightningModule/DataModule pair named in the config (subclass mode)."""
-    return LightningCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True,
-                        subclass_mode_data=True, save_config_kwargs={"overwrite": True}, args=args)
+    return _one_line_errors(lambda: LightningCLI(
+        L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True}, parser_kwargs=PARSER_KWARGS, args=args))
 
 
 class DecodeCLI(LightningCLI):
@@ -29,4 +59,5 @@ def main_decode(args: list[str] | None = None) -> LightningCLI:
     from .decoding import DecodingModule, SampleIndexDataModule
 
     torch.set_float32_matmul_precision("high")
-    return DecodeCLI(DecodingModule, SampleIndexDataModule, save_config_kwargs={"overwrite": True}, args=args)
+    return _one_line_errors(lambda: DecodeCLI(DecodingModule, SampleIndexDataModule,
+                                              save_config_kwargs={"overwrite": True}, parser_kwargs=PARSER_KWARGS, args=args))

@@ -10,7 +10,6 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
 
 import lightning as L
 import torch
@@ -19,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from .. import checkpoints
 from ..core.decoders import Decoder
 from ..core.model import DiffusionModel
-from ..core.reward import Reward
+from ..core.reward import Reward, RewardFunction
 from ..evaluation import SampleMetric
 
 PARTS = "parts"
@@ -35,14 +34,15 @@ class DecodingModule(L.LightningModule):
 
     Args:
         model: checkpoint directory of the frozen pretrained diffusion model (or the model itself).
-        reward: batched callable on decoded samples -> floats (the reward being optimised).
+        reward: batched callable on decoded samples -> floats (the reward being optimised); in a
+            config a :class:`RewardFunction` (``FunctionReward`` wraps a plain function).
         methods: name -> decoder, e.g. pretrained sampling, Best-of-N, SVDD-PM.
         metrics: name -> per-sample evaluation (independent oracle, ELBO), not used for decoding.
         reward_floor: reward given to samples the reward cannot score (it raised or gave NaN).
         seed: base seed; sample i of method m uses a generator seeded from (seed, m, i).
     """
 
-    def __init__(self, model: str | DiffusionModel, reward: Callable[[Sequence[Any]], Sequence[float]],
+    def __init__(self, model: str | DiffusionModel, reward: RewardFunction,
                  methods: dict[str, Decoder], metrics: dict[str, SampleMetric] | None = None,
                  reward_floor: float = 0.0, seed: int = 0) -> None:
         super().__init__()

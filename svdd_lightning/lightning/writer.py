@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
@@ -46,9 +47,7 @@ class DesignWriter(BasePredictionWriter):
                            batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
         parts = self.output_dir / PARTS
         parts.mkdir(parents=True, exist_ok=True)
-        with open(parts / f"rank{trainer.global_rank}.jsonl", "a") as handle:
-            handle.write(json.dumps(prediction) + "\n")
-            handle.flush()
+        _append_line(parts / f"rank{trainer.global_rank}.jsonl", json.dumps(prediction))
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.strategy.barrier()
@@ -57,6 +56,19 @@ class DesignWriter(BasePredictionWriter):
                                     {k: getattr(m, "threshold", None) for k, m in pl_module.metrics.items()})
             print(format_summary(summary))
         trainer.strategy.barrier()
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append a line, first ending a line that a killed run left cut short."""
+    with open(path, "ab+") as handle:
+        handle.seek(0, 2)
+        if handle.tell():
+            handle.seek(-1, 2)
+            if handle.read(1) != b"\n":
+                handle.write(b"\n")
+        handle.write((line + "\n").encode())
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _read_parts(output_dir: Path) -> tuple[list[dict], list[dict]]:

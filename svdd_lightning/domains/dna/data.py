@@ -47,12 +47,20 @@ def valid_dna(sequences: list[str]) -> torch.Tensor:
 
 
 def read_regions(path: str | Path) -> pd.DataFrame:
-    """Read a regions TSV (optionally gzipped), checking the columns this package needs."""
+    """Read a regions TSV (optionally gzipped), checking the columns this package needs.
+
+    The DNA-Diffusion release file itself is accepted too: its ``TAG`` (e.g. ``HepG2_ENCLB029COU``)
+    becomes ``cell_type`` and its ``data_label`` (training / validation / test) becomes ``split``.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data.path: no file at {path} (get the DHS regions as the README's Data "
                                 f"section says, or pass --data.path)")
     frame = pd.read_csv(path, sep="\t")
+    if "cell_type" not in frame.columns and "TAG" in frame.columns:
+        frame["cell_type"] = frame["TAG"].str.split("_").str[0]
+    if "split" not in frame.columns and "data_label" in frame.columns:
+        frame["split"] = frame["data_label"].replace({"training": "train"})
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"data.path: {path} lacks columns {missing}; expected {list(REQUIRED_COLUMNS)}")

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...core.reward import RewardFunction
+
 LIVER_MOTIF_IDS: tuple[str, ...] = ("MA0114.5", "MA0046.3", "MA0102.5", "MA0047.4")
 """HNF4A, HNF1A, CEBPA, FOXA2 in JASPAR 2024."""
 
@@ -81,7 +83,7 @@ def _fetch_counts(release: str, motif_ids: Sequence[str]) -> list[tuple[str, np.
     return [(name, counts.copy()) for name, counts in (_CACHE[(release, m)] for m in motif_ids)]
 
 
-class JasparMotifReward:
+class JasparMotifReward(RewardFunction):
     """Batched motif-match reward over DNA strings; see the module docstring for the scoring."""
 
     name = "jaspar_liver_motifs"

@@ -6,10 +6,11 @@ import math
 import torch
 
 from ... import checkpoints
+from ...core.reward import RewardFunction
 from .data import encode_dna, valid_dna
 
 
-class OracleReward:
+class OracleReward(RewardFunction):
     """Scores DNA strings with an oracle network saved by ``train.py fit`` (``ExportBest``).
 
     ``output="logit"`` returns the network's logit (the reward of the HepG2 task), ``"probability"``

@@ -1,0 +1,258 @@
+"""DNA domain and the two commands, on tiny models and data written by the tests."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from svdd_lightning import checkpoints
+from svdd_lightning.diffusion import DilatedConvDenoiser, MaskedDiffusion
+from svdd_lightning.domains.dna.data import DNARegionsDataModule, encode_dna, read_regions
+from svdd_lightning.domains.dna.metrics import KmerCorrelation, kmer_frequencies
+from svdd_lightning.domains.dna.oracles import ConvClassifier, EnformerStyleClassifier
+from svdd_lightning.domains.dna.rewards import OracleReward
+
+ROOT = Path(__file__).resolve().parents[1]
+LENGTH = 24
+
+
+def run_cli(script: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("SVDD_DEBUG", None)
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def regions(tmp_path_factory) -> Path:
+    """A small regions TSV: 'HepG2' rows rich in GC, other cell types AT-rich."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("data") / "regions.tsv"
+    lines = ["dhs_id\tchr\tstart\tend\tsequence\tsplit\tcell_type"]
+    for i in range(240):
+        cell = ["HepG2", "K562", "GM12878", "hESCT0"][i % 4]
+        weights = [1, 3, 3, 1] if cell == "HepG2" else [3, 1, 1, 3]
+        seq = "".join(rng.choices("ACGT", weights=weights, k=LENGTH))
+        split = ["train", "train", "train", "validation", "test"][i % 5]
+        chrom = f"chr{1 + i % 6}"
+        lines.append(f"r{i}\t{chrom}\t0\t{LENGTH}\t{seq}\t{split}\t{cell}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("ckpt")
+    model = MaskedDiffusion(DilatedConvDenoiser(4, channels=8, dilations=(1, 2)), "ACGT", LENGTH, num_steps=8)
+    reward = EnformerStyleClassifier(seq_len=LENGTH, stem_channels=8, stem_pool=2, tower_channels=(8,),
+                                     num_transformer_layers=1, num_heads=2)
+    evaluation = ConvClassifier(channels=(8,), kernel_sizes=(5,), hidden=8)
+    paths = {"mdlm": root / "mdlm", "reward": root / "reward", "eval": root / "eval"}
+    for key, module in (("mdlm", model), ("reward", reward), ("eval", evaluation)):
+        checkpoints.save(module.eval(), paths[key])
+    fasta = root / "ref.fasta"
+    fasta.write_text("".join(f">r{i}\n{'ACGT' * (LENGTH // 4)}\n" for i in range(3)))
+    paths["reference"] = fasta
+    return paths
+
+
+# --- data and encoding ------------------------------------------------------------------------------
+def test_encode_dna_names_the_bad_symbol():
+    assert encode_dna(["ACGT", "acgt"]).tolist() == [[0, 1, 2, 3], [0, 1, 2, 3]]
+    with pytest.raises(ValueError, match=r"sequence 1 has symbol 'N'; DNA sequences must use only A, C, G, T"):
+        encode_dna(["ACGT", "ACNT"])
+    with pytest.raises(ValueError, match="sequence 1 has length 3"):
+        encode_dna(["ACGT", "ACG"])
+
+
+def test_read_regions_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data.path"):
+        read_regions(tmp_path / "missing.tsv")
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("sequence\tsplit\nACGT\ttrain\n")
+    with pytest.raises(ValueError, match=r"lacks columns \['cell_type', 'chr'\]"):
+        read_regions(bad)
+
+
+def test_datamodule_selects_splits_and_labels(regions):
+    dm = DNARegionsDataModule(str(regions), positive="HepG2", batch_size=16)
+    dm.setup()
+    tokens, labels = next(iter(dm.train_dataloader()))
+    assert tokens.shape == (16, LENGTH) and tokens.dtype == torch.long
+    assert 0 < labels.mean() < 1
+    assert len(dm.datasets["train"]) == 144 and len(dm.datasets["val"]) == 48 and len(dm.datasets["test"]) == 48
+    with pytest.raises(ValueError, match="data.positive"):
+        DNARegionsDataModule(str(regions), positive="Liver").setup()
+
+
+def test_wrong_alphabet_in_data_is_one_line_error(tmp_path, regions):
+    bad = tmp_path / "n.tsv"
+    text = regions.read_text().splitlines()
+    fields = text[1].split("\t")
+    fields[4] = "N" + fields[4][1:]
+    bad.write_text("\n".join([text[0], "\t".join(fields), *text[2:]]) + "\n")
+    with pytest.raises(ValueError, match="symbol 'N'"):
+        DNARegionsDataModule(str(bad)).setup()
+
+
+# --- oracles, rewards, metrics --------------------------------------------------------------------------
+@pytest.mark.parametrize("network", [
+    EnformerStyleClassifier(seq_len=LENGTH, stem_channels=8, stem_pool=2, tower_channels=(8,), num_transformer_layers=1,
+                            num_heads=2),
+    ConvClassifier(channels=(8, 8), kernel_sizes=(5, 3), hidden=8),
+])
+def test_oracles_take_tokens_or_one_hot(network):
+    network.eval()
+    tokens = torch.randint(0, 4, (5, LENGTH))
+    onehot = torch.nn.functional.one_hot(tokens, 4).float()
+    assert network(tokens).shape == (5,)
+    torch.testing.assert_close(network(tokens), network(onehot))
+
+
+def test_oracle_reward_floors_bad_sequences_and_is_differentiable(tiny_checkpoints):
+    reward = OracleReward(str(tiny_checkpoints["reward"]))
+    good = "ACGT" * (LENGTH // 4)
+    scores = reward([good, "N" * LENGTH, good])
+    assert scores[0] == pytest.approx(scores[2]) and scores[1] != scores[1]  # NaN
+    probs = torch.full((2, LENGTH, 4), 0.25, requires_grad=True)
+    reward.relaxed(probs).sum().backward()
+    assert probs.grad is not None and probs.grad.abs().sum() > 0
+    assert OracleReward(str(tiny_checkpoints["eval"]), output="probability")([good])[0] < 1
+
+
+def test_kmer_correlation():
+    seqs = ["ACGTACGTAC", "GGGCCCAAAT"]
+    assert kmer_frequencies(seqs, 3).sum() == 16
+    assert kmer_frequencies(["ACGNA"], 2).sum() == 2  # k-mers with N are skipped
+
+
+def test_kmer_correlation_with_reference(tmp_path):
+    ref = tmp_path / "r.fasta"
+    ref.write_text(">a\nACGTTGCAACGT\n>b\nGGGTTTAAACCC\n")
+    metric = KmerCorrelation(str(ref), k=3)
+    assert metric(["ACGTTGCAACGT", "GGGTTTAAACCC"]) == pytest.approx(1.0)
+    assert metric(["AAAAAAAAAAAA"]) < 0.5
+
+
+# --- checkpoints --------------------------------------------------------------------------------------
+def test_checkpoint_round_trip_and_refusals(tmp_path):
+    model = MaskedDiffusion(DilatedConvDenoiser(4, channels=8, dilations=(1,)), "ACGT", 8, num_steps=4)
+    checkpoints.save(model, tmp_path / "m", metadata={"note": "x"})
+    loaded = checkpoints.load(tmp_path / "m")
+    x = torch.randint(0, 5, (3, 8))
+    torch.testing.assert_close(loaded.denoise(x, 1), model.eval().denoise(x, 1))
+    assert checkpoints.metadata(tmp_path / "m") == {"note": "x"}
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["class_path"] = "os.system"
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="outside svdd_lightning"):
+        checkpoints.load(tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match="missing config.json"):
+        checkpoints.load(tmp_path / "nothing")
+
+
+# --- the commands -------------------------------------------------------------------------------------
+def _decode_args(paths: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return ["predict", "--config", "configs/dna/compare.yaml", "--output_dir", str(out),
+            "--model.model", str(paths["mdlm"]),
+            "--model.reward.init_args.checkpoint", str(paths["reward"]),
+            "--model.metrics.eval_oracle.init_args.fn.init_args.checkpoint", str(paths["eval"]),
+            "--model.metrics.elbo.init_args.num_times", "2",
+            "--model.methods.best_of_n.init_args.n", "3",
+            "--model.methods.svdd_pm.init_args.num_candidates", "3",
+            "--writer.set_metrics.3mer_pearson.init_args.reference", str(paths["reference"]),
+            "--trainer.enable_progress_bar", "false", *extra]
+
+
+def _samples(out: Path) -> list[tuple[str, str, str]]:
+    with open(out / "samples.csv") as handle:
+        return [(r["method"], r["index"], r["sequence"]) for r in csv.DictReader(handle)]
+
+
+def test_decode_writes_every_output_and_depends_only_on_sample_index(tiny_checkpoints, tmp_path):
+    out_a, out_b = tmp_path / "a", tmp_path / "b"
+    res = run_cli("decode.py", *_decode_args(tiny_checkpoints, out_a, "--data.num_samples", "6",
+                                             "--data.batch_size", "2"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    for name in ("pretrained.fasta", "best_of_n.fasta", "svdd_pm.fasta", "samples.csv", "summary.json",
+                 "reward_histogram.png", "config.yaml"):
+        assert (out_a / name).is_file(), name
+    summary = json.loads((out_a / "summary.json").read_text())
+    assert set(summary) == {"pretrained", "best_of_n", "svdd_pm"}
+    entry = summary["svdd_pm"]
+    assert entry["n"] == 6
+    assert set(entry["reward"]) == {"mean", "median", "top20", "top10"}
+    assert "fraction_above_0.5" in entry["eval_oracle"] and "median" in entry["elbo"]
+    assert -1 <= entry["3mer_pearson"] <= 1 and 0 < entry["distinct_fraction"] <= 1
+    assert summary["pretrained"]["per_sample"]["denoiser_calls"] <= 8
+    assert summary["best_of_n"]["per_sample"]["reward_calls"] == 4  # 3 candidates + the final score
+    assert entry["wall_seconds"] > 0
+    rows = _samples(out_a)
+    assert len(rows) == 18 and all(len(seq) == LENGTH and set(seq) <= set("ACGT") for _, _, seq in rows)
+
+    res = run_cli("decode.py", *_decode_args(tiny_checkpoints, out_b, "--data.num_samples", "6",
+                                             "--data.batch_size", "4"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert _samples(out_b) == rows
+
+
+def test_decode_resumes_after_a_kill_losing_nothing(tiny_checkpoints, tmp_path):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    args = ("--data.num_samples", "6", "--data.batch_size", "2")
+    assert run_cli("decode.py", *_decode_args(tiny_checkpoints, full, *args)).returncode == 0
+    assert run_cli("decode.py", *_decode_args(tiny_checkpoints, resumed, *args)).returncode == 0
+    # simulate a kill during the last batch: its line was cut short, the merged outputs never written
+    part = resumed / "parts" / "rank0.jsonl"
+    lines = part.read_text().splitlines()
+    part.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
+    for name in ("samples.csv", "summary.json"):
+        (resumed / name).unlink()
+    res = run_cli("decode.py", *_decode_args(tiny_checkpoints, resumed, *args))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert _samples(resumed) == _samples(full)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model.model", "/no/such/dir"], "error: checkpoint /no/such/dir: missing config.json"),
+    (["--model.methods.svdd_pm.init_args.num_candidates", "0"], "error: SVDD.num_candidates must be >= 1"),
+    (["--model.methods.svdd_pm.init_args.num_candidate", "3"], "error: Parser key \"model.methods\""),
+    (["--data.num_samples", "0"], "error: data.num_samples must be >= 1"),
+])
+def test_decode_bad_input_is_one_line_error(tiny_checkpoints, tmp_path, extra, message):
+    res = run_cli("decode.py", *_decode_args(tiny_checkpoints, tmp_path / "o"), *extra)
+    assert res.returncode != 0
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(message), res.stderr[-1500:]
+    assert "Traceback" not in res.stderr
+
+
+def test_train_fit_exports_a_loadable_model(regions, tmp_path):
+    export = tmp_path / "export"
+    res = run_cli("train.py", "fit", "--config", "configs/dna/pretrain.yaml", "--data.init_args.path", str(regions),
+                  "--data.init_args.batch_size", "16", "--model.init_args.model.init_args.seq_len", str(LENGTH),
+                  "--model.init_args.model.init_args.backbone.init_args.channels", "8",
+                  "--trainer.max_steps", "4", "--trainer.val_check_interval", "2",
+                  "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false",
+                  "--trainer.callbacks.init_args.directory", str(export))
+    assert res.returncode == 0, res.stderr[-2000:]
+    model = checkpoints.load(export)
+    assert isinstance(model, MaskedDiffusion) and model.seq_len == LENGTH
+    assert "val/nelbo_bpt" in checkpoints.metadata(export)
+
+
+def test_train_with_wrong_alphabet_data_is_one_line_error(tmp_path, regions):
+    bad = tmp_path / "n.tsv"
+    text = regions.read_text().splitlines()
+    bad.write_text("\n".join([text[0], *[line.replace("A", "N", 1) for line in text[1:]]]) + "\n")
+    res = run_cli("train.py", "fit", "--config", "configs/dna/pretrain.yaml", "--data.init_args.path", str(bad),
+                  "--trainer.max_steps", "1", "--trainer.default_root_dir", str(tmp_path / "runs"))
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert res.returncode != 0 and len(errors) == 1 and "symbol 'N'" in errors[0], res.stderr[-1500:]
