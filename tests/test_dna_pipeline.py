@@ -256,3 +256,32 @@ def test_train_with_wrong_alphabet_data_is_one_line_error(tmp_path, regions):
                   "--trainer.max_steps", "1", "--trainer.default_root_dir", str(tmp_path / "runs"))
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert res.returncode != 0 and len(errors) == 1 and "symbol 'N'" in errors[0], res.stderr[-1500:]
+
+
+def test_decode_with_the_jaspar_reward_overlay(tiny_checkpoints, tmp_path):
+    out = tmp_path / "jaspar"
+    res = run_cli("decode.py", *_decode_args(tiny_checkpoints, out, "--data.num_samples", "2"),
+                  "--config", "configs/dna/reward_jaspar.yaml")
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert all(0 <= e["reward"]["median"] <= 1 for e in summary.values())
+
+
+def test_svdd_mc_decodes_with_a_value_network_from_a_checkpoint(tiny_checkpoints, tmp_path):
+    from svdd_lightning import SVDD, NetworkValue
+
+    value_net = EnformerStyleClassifier(seq_len=LENGTH, stem_channels=8, stem_pool=2, tower_channels=(8,),
+                                        num_transformer_layers=1, num_heads=2, input_symbols=5,
+                                        time_conditioning=True)
+    checkpoints.save(value_net.eval(), tmp_path / "value")
+    model = checkpoints.load(tiny_checkpoints["mdlm"])
+    gens = [torch.Generator().manual_seed(i) for i in range(4)]
+    with torch.inference_mode():
+        result = SVDD(NetworkValue(str(tmp_path / "value")), num_candidates=5).sample(
+            model, lambda seqs: [s.count("G") for s in seqs], gens)
+    assert len(result.samples) == 4 and all(set(s) <= set("ACGT") for s in result.samples)
+    per_sample = result.stats.per_sample(4)
+    # only the kept candidate is denoised: at most T denoiser calls; M values at every step but the last
+    assert per_sample["denoiser_calls"] <= model.num_steps
+    assert per_sample["value_calls"] == 5 * (model.num_steps - 1)
+    assert per_sample["reward_calls"] == 5 + 1

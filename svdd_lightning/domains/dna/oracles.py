@@ -1,9 +1,13 @@
 """Sequence-to-activity networks for DNA: the Enformer-style reward oracle and a CNN evaluation oracle.
 
 Both take token ids (N, L) over ACGT or a relaxed one-hot (N, L, 4) (probabilities, for gradient
-guidance) and return one logit per sequence.
+guidance) and return one logit per sequence. With ``input_symbols=5`` and ``time_conditioning`` the
+Enformer-style network reads partially masked sequences and their diffusion time: a value network
+v(x_t, t) for SVDD-MC.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -12,11 +16,18 @@ from torch import nn
 from ...checkpoints import Configurable
 
 
-def one_hot_dna(x: torch.Tensor) -> torch.Tensor:
-    """Tokens (N, L) -> one-hot (N, 4, L); a float (N, L, 4) relaxation is only transposed."""
+def one_hot_dna(x: torch.Tensor, num_symbols: int = 4) -> torch.Tensor:
+    """Tokens (N, L) -> one-hot (N, num_symbols, L); a float (N, L, C) relaxation is only transposed."""
     if x.dtype == torch.long:
-        return F.one_hot(x, 4).float().transpose(1, 2)
+        return F.one_hot(x, num_symbols).float().transpose(1, 2)
     return x.float().transpose(1, 2)
+
+
+def time_features(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal features of diffusion times t in [0, 1], (N,) -> (N, dim)."""
+    freqs = torch.exp(-math.log(1000.0) * torch.arange(dim // 2, device=t.device) / (dim // 2))
+    angles = 1000.0 * t.float().unsqueeze(1) * freqs
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
 class ConvBlock(nn.Module):
@@ -41,9 +52,10 @@ class EnformerStyleClassifier(Configurable, nn.Module):
 
     def __init__(self, seq_len: int = 200, stem_channels: int = 32, stem_pool: int = 4,
                  tower_channels: tuple[int, ...] = (64, 64), num_transformer_layers: int = 2, num_heads: int = 4,
-                 dropout: float = 0.1) -> None:
+                 dropout: float = 0.1, input_symbols: int = 4, time_conditioning: bool = False) -> None:
         super().__init__()
-        self.stem = nn.Conv1d(4, stem_channels, 15, padding=7)
+        self.input_symbols = input_symbols
+        self.stem = nn.Conv1d(input_symbols, stem_channels, 15, padding=7)
         self.stem_pool = nn.MaxPool1d(stem_pool)
         tower, c = [], stem_channels
         for c_out in tower_channels:
@@ -55,11 +67,16 @@ class EnformerStyleClassifier(Configurable, nn.Module):
         layer = nn.TransformerEncoderLayer(c, num_heads, 2 * c, dropout, activation="gelu", batch_first=True,
                                            norm_first=True)
         self.transformer = nn.TransformerEncoder(layer, num_transformer_layers, enable_nested_tensor=False)
+        self.time_mlp = nn.Sequential(nn.Linear(c, c), nn.GELU(), nn.Linear(c, c)) if time_conditioning else None
         self.head = nn.Sequential(nn.LayerNorm(c), nn.Linear(c, c), nn.GELU(), nn.Dropout(dropout), nn.Linear(c, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.stem_pool(F.relu(self.stem(one_hot_dna(x))))
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.stem_pool(F.relu(self.stem(one_hot_dna(x, self.input_symbols))))
         h = self.tower(h).transpose(1, 2)
+        if self.time_mlp is not None:
+            if t is None:
+                raise ValueError("this network is time-conditioned: call it as network(x, t)")
+            h = h + self.time_mlp(time_features(t, h.shape[2])).unsqueeze(1)
         h = self.transformer(h + self.positions[:, : h.shape[1]])
         return self.head(h.mean(dim=1)).squeeze(-1)
 
