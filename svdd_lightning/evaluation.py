@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from .core.model import DiffusionModel
-from .core.reward import RewardFunction, as_reward
+from .core.reward import Reward, RewardFunction
 from .core.state import State
 
 
@@ -26,11 +26,11 @@ class ScoreMetric(SampleMetric):
     """A batched callable on decoded samples, e.g. an evaluation oracle; failures score NaN."""
 
     def __init__(self, fn: RewardFunction, threshold: float | None = None) -> None:
-        self.fn = as_reward(fn, floor=0.0)
+        self.fn = Reward(fn, floor=float("nan"))
         self.threshold = threshold
 
     def __call__(self, model: DiffusionModel, x0: State, samples: list) -> torch.Tensor:
-        return torch.tensor([float("nan") if v is None else float(v) for v in self.fn.fn(samples)])
+        return self.fn(samples)
 
 
 class ELBOMetric(SampleMetric):

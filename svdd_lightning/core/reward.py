@@ -40,13 +40,14 @@ class Reward:
     differentiable. A sample whose score is None or NaN, or for which ``fn`` raises, gets ``floor``
     instead; when the batched call raises, the batch is scored one sample at a time so that one bad
     sample costs only itself. ``calls`` counts samples scored and ``failures`` those floored.
+    A NaN floor keeps unscored samples NaN (for evaluation columns, never for decoding).
     """
 
     def __init__(self, fn: RewardFn, floor: float = 0.0, name: str | None = None) -> None:
         if not callable(fn):
             raise TypeError(f"reward: expected a callable, got {type(fn).__name__}")
-        if not math.isfinite(floor):
-            raise ValueError(f"reward.floor must be a finite number, got {floor}")
+        if math.isinf(floor):
+            raise ValueError(f"reward.floor must be a finite number (or NaN to mark unscored samples), got {floor}")
         self.fn = fn
         self.floor = float(floor)
         self.name = name or getattr(fn, "name", None) or getattr(fn, "__name__", type(fn).__name__)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,8 +60,10 @@ class MaskedDiffusion(Configurable, DiffusionModel):
         return torch.tensor(rows, dtype=torch.long, device=self._device())
 
     def decode(self, x0: torch.Tensor) -> list[str]:
-        symbols = self.alphabet + "N"  # N marks a position still masked (never in a finished sample)
-        return ["".join(symbols[i] for i in row) for row in x0.tolist()]
+        """Token rows -> strings; "N" marks a position still masked (never in a finished sample)."""
+        table = np.frombuffer((self.alphabet + "N").encode(), dtype="S1")
+        rows = np.ascontiguousarray(table[x0.cpu().numpy()])
+        return [row.decode() for row in rows.view(f"S{max(x0.shape[1], 1)}").ravel()]
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device

@@ -19,7 +19,7 @@ from .. import checkpoints
 from ..core.decoders import Decoder
 from ..core.model import DiffusionModel
 from ..core.reward import Reward, RewardFunction
-from ..evaluation import SampleMetric
+from ..evaluation import SampleMetric, ScoreMetric
 
 PARTS = "parts"
 
@@ -60,6 +60,13 @@ class DecodingModule(L.LightningModule):
         super().train(mode)
         self.model.eval()
         return self
+
+    def on_predict_start(self) -> None:
+        """Rewards and metrics holding networks follow the model to the run's device."""
+        scorers = [self.reward, *(m.fn for m in self.metrics.values() if isinstance(m, ScoreMetric))]
+        for scorer in scorers:
+            if callable(getattr(scorer.fn, "to", None)):
+                scorer.fn.to(self.device)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, list]:
         indices = batch["index"].tolist()

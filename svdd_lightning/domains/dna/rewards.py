@@ -33,10 +33,16 @@ class OracleReward(RewardFunction):
         scores = torch.full((len(sequences),), math.nan)
         if ok.any():
             tokens = encode_dna([s for s, good in zip(sequences, ok) if good])
+            device = next(self.network.parameters()).device
             with torch.no_grad():
-                out = torch.cat([self.network(chunk) for chunk in tokens.split(self.batch_size)])
-            scores[ok] = self._transform(out.float())
+                out = torch.cat([self.network(chunk.to(device)).float().cpu() for chunk in tokens.split(self.batch_size)])
+            scores[ok] = self._transform(out)
         return scores.tolist()
+
+    def to(self, device: torch.device | str) -> "OracleReward":
+        """Move the oracle network (``DecodingModule`` does this for the run's device)."""
+        self.network.to(device)
+        return self
 
     def relaxed(self, probs: torch.Tensor) -> torch.Tensor:
         return self._transform(self.network(probs))
