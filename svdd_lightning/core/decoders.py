@@ -179,8 +179,9 @@ class DPS(Decoder):
     """Diffusion posterior sampling: gradient guidance by a differentiable reward.
 
     The model tilts each denoiser output by ``scale`` x the gradient of the reward at x0_hat (for
-    masked discrete models on the one-hot relaxation). The reward must be differentiable: its
-    callable has a ``relaxed(x)`` method on relaxed states.
+    masked discrete models on the one-hot relaxation; ``gradient_calls`` counts the reward
+    gradients). The reward must be differentiable: its callable has a ``relaxed(x)`` method on
+    relaxed states.
     """
 
     def __init__(self, scale: float = 1.0, chunk_size: int | None = None) -> None:

@@ -106,20 +106,18 @@ class MaskedDiffusion(Configurable, DiffusionModel):
 
     def guided_prediction(self, x: torch.Tensor, level: int, guidance: Callable[[torch.Tensor], torch.Tensor],
                           scale: float) -> torch.Tensor:
-        """DPS on the one-hot relaxation: tilt p(x_0 | x_t) by exp(scale * d r(x0_hat) / d x_t).
+        """DPS on the one-hot relaxation: p(x_0 | x_t) tilted by exp(scale * d r / d x0_hat).
 
-        x0_hat is the denoiser's probability table (N, L, V); the gradient of the reward with
-        respect to the one-hot input through the denoiser scores each token a masked position
-        could be unmasked to.
+        x0_hat is the denoiser's probability table (N, L, V) (one-hot where x_t is unmasked); the
+        gradient of the differentiable reward there is, to first order, the reward change of
+        unmasking each position to each symbol, so it tilts the masked positions' proposals.
         """
-        onehot = F.one_hot(x.to(self._device()), self.vocab_size + 1).float().requires_grad_(True)
-        t = torch.full((x.shape[0],), self.level_time(level))
-        log_p = self.log_probs(onehot, t)
-        reward = guidance(log_p.exp()).sum()
-        (grad,) = torch.autograd.grad(reward, onehot)
-        tilted = (log_p + scale * grad[..., : self.vocab_size]).log_softmax(-1)
-        masked = (x.to(self._device()) == self.mask_id).unsqueeze(-1)
-        return torch.where(masked, tilted, log_p).detach().cpu()
+        with torch.no_grad():
+            log_p = self.denoise(x, level)
+        probs = log_p.exp().to(self._device()).requires_grad_(True)
+        (grad,) = torch.autograd.grad(guidance(probs).sum(), probs)
+        tilted = (log_p + scale * grad.cpu()).log_softmax(-1)
+        return torch.where((x == self.mask_id).unsqueeze(-1), tilted, log_p)
 
     # --- likelihood -----------------------------------------------------------------------------------
     def nelbo(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
