@@ -25,19 +25,7 @@ N = 6000  # samples per decoder in the goodness-of-fit tests
 PASS, FAIL = 1e-3, 1e-6  # the fit must have p > PASS; a wrong law must get p < FAIL
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only cost spin-waiting on a loaded machine (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _inference():
-    with torch.inference_mode():
-        yield
+pytestmark = pytest.mark.usefixtures("inference_mode")
 
 
 @pytest.fixture(scope="module")
