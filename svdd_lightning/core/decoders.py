@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -70,10 +70,13 @@ class PretrainedSampling(Decoder):
         return ancestral(run, run.model.initial_state(generators), generators)
 
 
-def ancestral(run: Run, x: State, generators: list[torch.Generator]) -> State:
-    """Run the pretrained chain from level 0 to the clean level."""
+def ancestral(run: Run, x: State, generators: list[torch.Generator],
+              on_level: Callable[[int, State], None] | None = None) -> State:
+    """Run the pretrained chain from level 0 to the clean level; ``on_level(k, x_k)`` sees every state."""
     current = Candidates(run, x, 0)
     for level in range(run.model.num_steps):
+        if on_level is not None:
+            on_level(level, current.x)
         x_next = run.model.propose(current.x, current.prediction, level, generators, 1)
         current = Candidates(run, x_next, level + 1, parent=(current.x, current.prediction))
     return current.x

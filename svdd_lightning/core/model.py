@@ -56,6 +56,10 @@ class DiffusionModel(nn.Module, ABC):
         """Diffusion time in [0, 1] of ``level`` (1 = noise, 0 = clean), for value networks."""
         return 1.0 - level / self.num_steps
 
+    def forward_noise(self, x0: State, level: int, generators: Sequence[torch.Generator]) -> State:
+        """Draw x_k ~ q(x_k | x_0), the forward (noising) process, one row per generator."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement its forward (noising) process")
+
     def guided_prediction(
         self, x: State, level: int, guidance: Callable[[torch.Tensor], torch.Tensor], scale: float
     ) -> Prediction:

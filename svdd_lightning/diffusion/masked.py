@@ -100,6 +100,11 @@ class MaskedDiffusion(Configurable, DiffusionModel):
         unmask = (x == self.mask_id) & (u[..., 0] >= s / t)
         return torch.where(unmask, token, x)
 
+    def forward_noise(self, x0: torch.Tensor, level: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """Mask each token independently with probability t_k (the sampler's marginal at level k)."""
+        u = torch.stack([torch.rand(x0.shape[1], generator=g) for g in generators])
+        return torch.where(u < self.level_time(level), self.mask_id, x0)
+
     def x0_hat(self, x: torch.Tensor, prediction: torch.Tensor, level: int) -> torch.Tensor:
         """The denoiser's most likely clean sequence; unmasked tokens are kept."""
         return torch.where(x == self.mask_id, prediction.argmax(-1), x)
