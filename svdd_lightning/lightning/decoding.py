@@ -126,4 +126,11 @@ class SampleIndexDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         done = finished_indices(self.output_dir) if self.output_dir else set()
         todo = [i for i in range(self.num_samples) if i not in done]
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if len(todo) < world:
+            # Every rank needs an item: Lightning's predict sampler asserts it, and with no batch at all
+            # the predict loop is skipped and the writer never merges. Re-decoding finished samples
+            # gives the same rows (per-index seeds); the writer keeps one row per (method, index).
+            spare = [i for i in range(self.num_samples) if i not in todo] or todo
+            todo += [spare[k % len(spare)] for k in range(world - len(todo))]
         return DataLoader(_Indices(todo), batch_size=self.batch_size, shuffle=False)

@@ -172,8 +172,11 @@ class ValueRegression(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.log_dict({"val/mse": self.val_mse.compute(), "val/pearson": self.val_pearson.compute(),
                        "val/spearman": self.val_spearman.compute()}, prog_bar=True, sync_dist=False)
-        for metric, name, seen in zip(self.bucket_pearson, self.bucket_names(), self.bucket_seen):
-            if seen:
+        seen = torch.tensor(self.bucket_seen, device=self.device)
+        if self.trainer.world_size > 1:  # every rank must compute (a collective) the same buckets
+            seen = self.all_gather(seen).reshape(-1, len(self.bucket_seen)).any(dim=0)
+        for metric, name, bucket_seen in zip(self.bucket_pearson, self.bucket_names(), seen.tolist()):
+            if bucket_seen:
                 self.log(f"val/pearson_{name}", metric.compute())
             metric.reset()
         for metric in (self.val_mse, self.val_pearson, self.val_spearman):

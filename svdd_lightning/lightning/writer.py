@@ -137,9 +137,13 @@ def _histogram(path: Path, by_method: dict[str, list[dict]], columns: list[str])
 
     fig, axes = plt.subplots(1, len(columns), figsize=(5.5 * len(columns), 4), squeeze=False)
     for ax, column in zip(axes[0], columns):
-        for method, method_rows in by_method.items():
-            values = [r[column] for r in method_rows if r.get(column) is not None]
-            ax.hist(values, bins=40, alpha=0.45, label=f"{method} (median {torch.tensor(values).median():.2f})")
+        values = {m: torch.tensor([r[column] for r in rows if r.get(column) is not None], dtype=torch.float64)
+                  for m, rows in by_method.items()}
+        finite = torch.cat([v[torch.isfinite(v)] for v in values.values()])
+        edges = torch.linspace(float(finite.min()), float(finite.max()) + 1e-9, 41).tolist() if finite.numel() else 40
+        for method, v in values.items():
+            v = v[torch.isfinite(v)]
+            ax.hist(v.tolist(), bins=edges, alpha=0.45, label=f"{method} (median {quantile_summary(v)['median']:.2f})")
         ax.set_xlabel(column)
         ax.set_ylabel("samples")
         ax.legend(fontsize=8)

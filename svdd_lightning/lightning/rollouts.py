@@ -1,0 +1,296 @@
+"""Training data for SVDD-MC's value network: (x_t, t, r(x_0)) pairs (paper, Algorithm 2).
+
+A *rollout* is one run of the frozen pretrained chain from noise (level 0) to a clean sample x_0;
+``levels_per_rollout`` of its intermediate states x_t are kept, each paired with the rollout's
+reward r(x_0). Remark 1's cheaper alternative noises given clean samples with q(x_t | x_0) instead.
+
+Rollout i draws everything (its chain and its kept levels) from a generator seeded by
+(seed, source, i) alone, so the data of rollout i do not depend on batching, sharding or the number
+of processes. The two functions accept pytree states; :class:`RolloutDataModule` (its shard files
+and datasets) takes single-tensor states only: pytree states (graphs) there are future work.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import lightning as L
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from torch.utils._pytree import tree_map
+from torch.utils.data import DataLoader, TensorDataset
+
+from .. import checkpoints
+from ..core.decoders import ancestral
+from ..core.model import DiffusionModel
+from ..core.reward import Reward, RewardFn, RewardFunction, as_reward
+from ..core.run import Run
+from ..core.state import State, batch_size, concat_rows, index_rows
+from .decoding import sample_seed
+
+SOURCES = ("rollouts", "forward_noising")
+SPLITS = ("train", "val")
+MANIFEST = "manifest.json"
+
+
+def _generators(seed: int, source: str, indices: Sequence[int]) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(sample_seed(seed, source, i)) for i in indices]
+
+
+def _draw_levels(num_steps: int, generators: Sequence[torch.Generator], levels_per_rollout: int) -> Tensor:
+    """(B, levels_per_rollout) distinct levels from 1 .. num_steps-1 per row, ascending, from the row's generator."""
+    if not 1 <= levels_per_rollout <= num_steps - 1:
+        raise ValueError(f"levels_per_rollout must be in 1..{num_steps - 1} (the model's intermediate levels), "
+                         f"got {levels_per_rollout}")
+    return torch.stack([(torch.randperm(num_steps - 1, generator=g)[:levels_per_rollout] + 1).sort().values
+                        for g in generators])
+
+
+def _flatten(model: DiffusionModel, parts: list[tuple[int, Tensor, State]], rewards: Tensor,
+             indices: Sequence[int]) -> dict[str, Tensor]:
+    """Pairs from ``(level, rows, states)`` parts, ordered by rollout then level."""
+    rows = torch.cat([r for _, r, _ in parts])
+    level = torch.cat([torch.full_like(r, k) for k, r, _ in parts])
+    order = torch.argsort(rows * (model.num_steps + 1) + level)
+    rows, level = rows[order], level[order]
+    return {
+        "x": index_rows(concat_rows([s for _, _, s in parts]), order),
+        "t": torch.tensor([model.time(k) for k in level.tolist()], dtype=torch.float32),
+        "level": level,
+        "reward": rewards.float()[rows],
+        "rollout": torch.tensor(list(indices), dtype=torch.long)[rows],
+    }
+
+
+@torch.no_grad()
+def generate_rollouts(model: DiffusionModel, reward: Reward | RewardFn, indices: Sequence[int], seed: int,
+                      levels_per_rollout: int, chunk_size: int | None = None) -> dict[str, Tensor]:
+    """Roll out the frozen model once per index and keep ``levels_per_rollout`` states of each.
+
+    Returns flat tensors over the P = len(indices) * levels_per_rollout pairs: ``x`` (P, ...) the kept
+    states (on CPU), ``t`` (P,) = model.time(level), ``level`` (P,), ``reward`` (P,) the rollout's
+    floored r(x_0), ``rollout`` (P,) its index. Level 0 (the prior) and the clean level are never kept.
+    """
+    generators = _generators(seed, "rollout", indices)
+    levels = _draw_levels(model.num_steps, generators, levels_per_rollout)
+    parts: list[tuple[int, Tensor, State]] = []
+
+    def keep(level: int, x: State) -> None:
+        rows = (levels == level).any(dim=1).nonzero().squeeze(1)
+        if rows.numel():
+            parts.append((level, rows, _to_cpu(index_rows(x, rows))))
+
+    run = Run(model, as_reward(reward), chunk_size)
+    x0 = ancestral(run, model.initial_state(generators), generators, on_level=keep)
+    return _flatten(model, parts, run.score(x0).cpu(), indices)
+
+
+@torch.no_grad()
+def forward_noised_pairs(model: DiffusionModel, reward: Reward | RewardFn, samples_x0: State, indices: Sequence[int],
+                         seed: int, levels_per_rollout: int) -> dict[str, Tensor]:
+    """Remark 1: pairs (x_t ~ q(x_t | x_0), t, r(x_0)) from given clean states, row j being sample ``indices[j]``.
+
+    Levels are drawn as in :func:`generate_rollouts`; the result has the same keys.
+    """
+    if len(indices) != batch_size(samples_x0):
+        raise ValueError(f"forward_noised_pairs: {batch_size(samples_x0)} samples for {len(indices)} indices")
+    generators = _generators(seed, "forward_noising", indices)
+    levels = _draw_levels(model.num_steps, generators, levels_per_rollout)
+    parts = []
+    for level in levels.unique().tolist():
+        rows = (levels == level).any(dim=1).nonzero().squeeze(1)
+        noised = model.forward_noise(index_rows(samples_x0, rows), level, [generators[b] for b in rows.tolist()])
+        parts.append((level, rows, _to_cpu(noised)))
+    rewards = as_reward(reward)(model.decode(samples_x0))
+    return _flatten(model, parts, rewards, indices)
+
+
+def _to_cpu(x: State) -> State:
+    return tree_map(lambda t: t.detach().cpu(), x)
+
+
+class RolloutDataModule(L.LightningDataModule):
+    """(x_t, t, r(x_0)) batches for :class:`~svdd_lightning.lightning.training.ValueRegression`.
+
+    Training uses rollouts 0 .. num_rollouts-1, validation the held-out rollouts num_rollouts ..
+    num_rollouts+val_rollouts-1; both are cut into shards of ``shard_size`` rollouts. Under DDP rank
+    r owns the shards k with k % world_size == r, generates (or loads) only those and serves only
+    those, so every pair is seen once per epoch by exactly one rank and every rank has as many
+    batches as the others. Configs must set ``trainer.use_distributed_sampler: false`` (Lightning's
+    sampler would shard the rank's data a second time).
+
+    Args:
+        model: checkpoint directory of the frozen pretrained diffusion model.
+        reward: batched reward on decoded samples.
+        num_rollouts, val_rollouts: training and validation rollouts, multiples of ``shard_size``.
+        levels_per_rollout: states kept per rollout, distinct levels from 1 .. num_steps-1.
+        shard_size: rollouts per shard (the unit of generation, caching and DDP partition).
+        cache_dir: where shards are stored as ``<train|val>-<k:05d>.safetensors`` and reused;
+            without it shards are generated in memory at every setup.
+        seed: rollout i uses a generator seeded from (seed, source, i) alone.
+        batch_size: pairs per batch.
+        reward_floor: reward of samples the reward cannot score.
+        source: ``rollouts`` (Algorithm 2) or ``forward_noising`` (Remark 1: noise the clean
+            sequences of ``samples`` with q(x_t | x_0); sample i plays the part of rollout i).
+        samples: FASTA file of clean sequences, for ``source: forward_noising``.
+        chunk_size: at most this many rows per denoiser call during rollouts.
+    """
+
+    def __init__(self, model: str, reward: RewardFunction, num_rollouts: int = 4096, val_rollouts: int = 512,
+                 levels_per_rollout: int = 16, shard_size: int = 256, cache_dir: str | None = None, seed: int = 0,
+                 batch_size: int = 256, reward_floor: float = 0.0, source: str = "rollouts",
+                 samples: str | None = None, chunk_size: int | None = None) -> None:
+        super().__init__()
+        if shard_size < 1 or batch_size < 1:
+            raise ValueError(f"data.shard_size and data.batch_size must be >= 1, got {shard_size} and {batch_size}")
+        for name, n in (("num_rollouts", num_rollouts), ("val_rollouts", val_rollouts)):
+            if n < 1 or n % shard_size:
+                raise ValueError(f"data.{name} must be a positive multiple of data.shard_size={shard_size}, got {n}")
+        if source not in SOURCES:
+            raise ValueError(f"data.source must be one of {SOURCES}, got {source!r}")
+        if (source == "forward_noising") != (samples is not None):
+            raise ValueError("data.samples (a FASTA file) is required with data.source: forward_noising, "
+                             "and only then")
+        self.model_path = model
+        self.reward = Reward(reward, floor=reward_floor)
+        self.num_rollouts, self.val_rollouts = num_rollouts, val_rollouts
+        self.levels_per_rollout, self.shard_size = levels_per_rollout, shard_size
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.seed, self.batch_size, self.source, self.samples = seed, batch_size, source, samples
+        self.chunk_size = chunk_size
+        self.pretrained: DiffusionModel | None = None
+        self._clean: Tensor | None = None
+        self._data: dict[str, dict[str, Tensor]] = {}
+
+    # --- Lightning hooks ------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Load the frozen model, then generate or load this rank's shards of the stage's splits."""
+        rank, world_size = self._rank_and_world()
+        self._load_pretrained()
+        splits = {"fit": SPLITS, "validate": ("val",)}.get(stage, ())
+        for split in splits:
+            if split not in self._data:
+                self._data[split] = self.split_data(split, rank, world_size)
+
+    def train_dataloader(self) -> DataLoader:
+        rank, _ = self._rank_and_world()
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, "shuffle", rank))
+        return DataLoader(self._dataset("train"), batch_size=self.batch_size, shuffle=True, generator=generator)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self._dataset("val"), batch_size=self.batch_size, shuffle=False)
+
+    # --- shards -----------------------------------------------------------------------------------
+    def num_shards(self, split: str) -> int:
+        return (self.num_rollouts if split == "train" else self.val_rollouts) // self.shard_size
+
+    def shard_indices(self, split: str, shard: int) -> list[int]:
+        """Rollout indices of one shard; validation rollouts come after the training ones."""
+        start = (0 if split == "train" else self.num_rollouts) + shard * self.shard_size
+        return list(range(start, start + self.shard_size))
+
+    def split_data(self, split: str, rank: int = 0, world_size: int = 1) -> dict[str, Tensor]:
+        """The pairs of the shards that ``rank`` owns (k % world_size == rank), concatenated."""
+        if any(self.num_shards(name) % world_size for name in SPLITS):
+            raise ValueError(f"data: {self.num_shards('train')} train and {self.num_shards('val')} val shards "
+                             f"(num_rollouts, val_rollouts / shard_size) must both divide by world_size={world_size}")
+        if self.cache_dir is not None:
+            self._check_manifest()
+        shards = [self._shard(split, k) for k in range(rank, self.num_shards(split), world_size)]
+        return {key: torch.cat([s[key] for s in shards]) for key in shards[0]}
+
+    def _shard(self, split: str, k: int) -> dict[str, Tensor]:
+        path = self.cache_dir / f"{split}-{k:05d}.safetensors" if self.cache_dir is not None else None
+        if path is not None and path.is_file():
+            return load_file(str(path))
+        start = time.perf_counter()
+        indices = self.shard_indices(split, k)
+        model = self._load_pretrained()
+        if self.source == "rollouts":
+            data = generate_rollouts(model, self.reward, indices, self.seed, self.levels_per_rollout, self.chunk_size)
+        else:
+            clean = self._clean_samples()[indices[0]: indices[-1] + 1]
+            data = forward_noised_pairs(model, self.reward, clean, indices, self.seed, self.levels_per_rollout)
+        if path is not None:
+            _atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in data.items()}, str(tmp)))
+        seconds = max(time.perf_counter() - start, 1e-9)
+        print(f"{self.source}: {split} shard {k} ({len(indices)} rollouts, {len(data['t'])} pairs) in {seconds:.1f} s, "
+              f"{len(indices) / seconds:.1f} rollouts/s", file=sys.stderr, flush=True)
+        return data
+
+    def _dataset(self, split: str) -> TensorDataset:
+        if split not in self._data:
+            raise RuntimeError(f"RolloutDataModule: the {split} data are not set up; call setup() first")
+        data = self._data[split]
+        return TensorDataset(data["x"], data["t"], data["reward"])
+
+    # --- helpers ----------------------------------------------------------------------------------
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        if trainer.world_size > 1 and getattr(trainer._accelerator_connector, "use_distributed_sampler", False):
+            raise ValueError("RolloutDataModule shards the data itself: set trainer.use_distributed_sampler: false")
+        return trainer.global_rank, trainer.world_size
+
+    def _load_pretrained(self) -> DiffusionModel:
+        """The frozen model, in eval mode without gradients, on the trainer's device (CPU without one).
+
+        A reward holding a network (one with a ``to`` method) follows it to that device.
+        """
+        if self.pretrained is None:
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            self.pretrained = checkpoints.load(self.model_path, map_location=device).eval().requires_grad_(False)
+            if callable(getattr(self.reward.fn, "to", None)):
+                self.reward.fn.to(device)
+        return self.pretrained
+
+    def _clean_samples(self) -> Tensor:
+        """The FASTA's sequences as clean states (forward_noising source)."""
+        if self._clean is None:
+            from ..domains.dna.metrics import read_fasta
+
+            model = self._load_pretrained()
+            sequences = read_fasta(self.samples)
+            needed = self.num_rollouts + self.val_rollouts
+            if len(sequences) < needed:
+                raise ValueError(f"data.samples: {self.samples} has {len(sequences)} sequences; num_rollouts + "
+                                 f"val_rollouts = {needed} are needed")
+            encode = getattr(model, "encode", None)
+            if encode is None:
+                raise TypeError(f"data.source forward_noising: {type(model).__name__} has no encode(sequences)")
+            self._clean = encode(sequences[:needed]).cpu()
+        return self._clean
+
+    def _manifest(self) -> dict:
+        return {"seed": self.seed, "levels_per_rollout": self.levels_per_rollout, "shard_size": self.shard_size,
+                "num_rollouts": self.num_rollouts, "source": self.source,
+                "model": str(Path(self.model_path).resolve()),
+                "samples": None if self.samples is None else str(Path(self.samples).resolve()),
+                "reward": self.reward.name, "reward_floor": self.reward.floor}
+
+    def _check_manifest(self) -> None:
+        """Write the cache's manifest, or check that the cache was made with the same settings."""
+        path, expected = self.cache_dir / MANIFEST, self._manifest()
+        if path.is_file():
+            found = json.loads(path.read_text())
+            changed = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
+            if changed:
+                diff = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+                raise ValueError(f"data.cache_dir {self.cache_dir} holds rollouts made with other settings ({diff}); "
+                                 f"use a new cache_dir")
+            return
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n"))
+
+
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Write through a temporary name and rename, so that a reader never sees a partial file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)

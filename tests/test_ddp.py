@@ -1,0 +1,166 @@
+"""Decoding under DDP on CPU (2 processes, gloo): every requested sample is written exactly once,
+with the same sequences as a 1-process run, and a DDP run resumes where an earlier one stopped.
+
+``decode.py`` has a ``__main__`` guard, so ``--trainer.strategy ddp`` relaunches the script itself
+for rank 1. Lightning's predict sampler (``UnrepeatedDistributedSampler``) strides the indices by
+rank without padding: with 7 samples on 2 ranks, rank 0 decodes 0, 2, 4, 6 and rank 1 decodes
+1, 3, 5 (uneven batch counts are fine in predict).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from svdd_lightning import checkpoints
+from svdd_lightning.diffusion import DilatedConvDenoiser, MaskedDiffusion
+from svdd_lightning.domains.dna.oracles import ConvClassifier, EnformerStyleClassifier
+
+ROOT = Path(__file__).resolve().parents[1]
+LENGTH = 24
+METHODS = {"pretrained", "best_of_n", "svdd_pm"}
+DDP = ("--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu")
+ONE = ("--trainer.devices", "1", "--trainer.accelerator", "cpu")
+
+
+def run_decode(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    for key in ("SVDD_DEBUG", "MASTER_PORT", "MASTER_ADDR", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "RANK"):
+        env.pop(key, None)
+    return subprocess.run([sys.executable, str(ROOT / "decode.py"), *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("ddp_ckpt")
+    model = MaskedDiffusion(DilatedConvDenoiser(4, channels=8, dilations=(1, 2)), "ACGT", LENGTH, num_steps=8)
+    reward = EnformerStyleClassifier(seq_len=LENGTH, stem_channels=8, stem_pool=2, tower_channels=(8,),
+                                     num_transformer_layers=1, num_heads=2)
+    evaluation = ConvClassifier(channels=(8,), kernel_sizes=(5,), hidden=8)
+    paths = {"mdlm": root / "mdlm", "reward": root / "reward", "eval": root / "eval"}
+    for key, module in (("mdlm", model), ("reward", reward), ("eval", evaluation)):
+        checkpoints.save(module.eval(), paths[key])
+    fasta = root / "ref.fasta"
+    fasta.write_text("".join(f">r{i}\n{'ACGT' * (LENGTH // 4)}\n" for i in range(3)))
+    paths["reference"] = fasta
+    return paths
+
+
+def decode_args(paths: dict[str, Path], out: Path, num_samples: int, *extra: str) -> list[str]:
+    return ["predict", "--config", "configs/dna/compare.yaml", "--output_dir", str(out),
+            "--model.model", str(paths["mdlm"]),
+            "--model.reward.init_args.checkpoint", str(paths["reward"]),
+            "--model.metrics.eval_oracle.init_args.fn.init_args.checkpoint", str(paths["eval"]),
+            "--model.metrics.elbo.init_args.num_times", "2",
+            "--model.methods.best_of_n.init_args.n", "3",
+            "--model.methods.svdd_pm.init_args.num_candidates", "3",
+            "--writer.set_metrics.3mer_pearson.init_args.reference", str(paths["reference"]),
+            "--data.num_samples", str(num_samples), "--data.batch_size", "2",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra]
+
+
+def samples(out: Path) -> list[tuple[str, int, str]]:
+    with open(out / "samples.csv") as handle:
+        return [(r["method"], int(r["index"]), r["sequence"]) for r in csv.DictReader(handle)]
+
+
+def part_indices(path: Path) -> list[list[int]]:
+    """The sample indices of each batch line of a part file (per line, the first method's rows)."""
+    batches = []
+    for line in path.read_text().splitlines():
+        rows = json.loads(line)["rows"]
+        batches.append([r["index"] for r in rows if r["method"] == rows[0]["method"]])
+    return batches
+
+
+def assert_complete(out: Path, n: int) -> None:
+    rows = samples(out)
+    assert len(rows) == len(set((m, i) for m, i, _ in rows)), "duplicate (method, index) rows in samples.csv"
+    per_method = Counter(m for m, _, _ in rows)
+    assert per_method == {m: n for m in METHODS}
+    for method in METHODS:
+        assert sorted(i for m, i, _ in rows if m == method) == list(range(n))
+    assert all(len(seq) == LENGTH and set(seq) <= set("ACGT") for _, _, seq in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert {m: e["n"] for m, e in summary.items()} == {m: n for m in METHODS}
+
+
+@pytest.fixture(scope="module")
+def single(tiny, tmp_path_factory) -> Path:
+    """The reference: 7 samples decoded by one process."""
+    out = tmp_path_factory.mktemp("single") / "out"
+    res = run_decode(*decode_args(tiny, out, 7, *ONE))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert_complete(out, 7)
+    return out
+
+
+def test_ddp_predict_writes_every_sample_once_as_one_process_does(tiny, single, tmp_path):
+    out = tmp_path / "ddp"
+    res = run_decode(*decode_args(tiny, out, 7, *DDP))
+    assert res.returncode == 0, res.stderr[-3000:]
+    parts = out / "parts"
+    assert sorted(p.name for p in parts.glob("*.jsonl")) == ["rank0.jsonl", "rank1.jsonl"]
+    # Lightning's predict sharding: strided by rank, no padding, uneven batch counts allowed
+    assert part_indices(parts / "rank0.jsonl") == [[0, 2], [4, 6]]
+    assert part_indices(parts / "rank1.jsonl") == [[1, 3], [5]]
+    # every method in every batch line
+    for part in parts.glob("*.jsonl"):
+        for line in part.read_text().splitlines():
+            record = json.loads(line)
+            assert {r["method"] for r in record["rows"]} == METHODS
+            assert {s["method"] for s in record["stats"]} == METHODS
+    assert_complete(out, 7)
+    assert samples(out) == samples(single)
+    assert (out / "pretrained.fasta").read_text() == (single / "pretrained.fasta").read_text()
+
+
+def test_ddp_resume_decodes_only_the_missing_samples(tiny, single, tmp_path):
+    out = tmp_path / "resumed"
+    res = run_decode(*decode_args(tiny, out, 4, *DDP))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert_complete(out, 4)
+    parts = out / "parts"
+    before = {p.name: len(p.read_text().splitlines()) for p in parts.glob("*.jsonl")}
+    assert before == {"rank0.jsonl": 1, "rank1.jsonl": 1}  # [0, 2] and [1, 3]
+
+    res = run_decode(*decode_args(tiny, out, 7, *DDP))
+    assert res.returncode == 0, res.stderr[-3000:]
+    # the second run sees 4, 5, 6 missing and shards them: rank 0 gets [4, 6], rank 1 gets [5]
+    new = {name: part_indices(parts / name)[before[name]:] for name in before}
+    assert new == {"rank0.jsonl": [[4, 6]], "rank1.jsonl": [[5]]}
+    assert_complete(out, 7)
+    assert samples(out) == samples(single)
+
+
+def _copy_parts(source: Path, out: Path) -> None:
+    """An output directory holding only ``source``'s part files (as after a kill before the merge)."""
+    shutil.copytree(source / "parts", out / "parts")
+
+
+def test_ddp_resume_with_fewer_missing_samples_than_processes(tiny, single, tmp_path):
+    out = tmp_path / "one_left"
+    _copy_parts(single, out)  # 0..6 written: only index 7 is left for 2 processes
+    res = run_decode(*decode_args(tiny, out, 8, *DDP))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert_complete(out, 8)
+    assert [r for r in samples(out) if r[1] < 7] == samples(single)
+
+
+def test_rerun_with_nothing_missing_still_merges_the_parts(tiny, single, tmp_path):
+    out = tmp_path / "all_done"
+    _copy_parts(single, out)  # every batch written, killed before the merge
+    res = run_decode(*decode_args(tiny, out, 7, *ONE))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (out / "samples.csv").is_file()
+    assert samples(out) == samples(single)
