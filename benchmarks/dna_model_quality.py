@@ -16,17 +16,19 @@ import argparse
 import json
 import math
 import random
+import sys
 import time
 from pathlib import Path
 
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
-from svdd_lightning import PretrainedSampling, checkpoints
-from svdd_lightning.domains.dna.data import encode_dna, read_regions
-from svdd_lightning.domains.dna.metrics import kmer_frequencies
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from svdd_lightning import PretrainedSampling, checkpoints  # noqa: E402
+from svdd_lightning.domains.dna.data import encode_dna, read_regions  # noqa: E402
+from svdd_lightning.domains.dna.metrics import kmer_frequencies  # noqa: E402
 
 
 def kmer_pearson(a: list[str], b: list[str], k: int) -> float:
