@@ -238,7 +238,7 @@ def _fit_worker(args: argparse.Namespace) -> None:
             "samples_per_second": steps_per_second * args.batch_size * trainer.world_size,
             "samples_per_second_per_process": steps_per_second * args.batch_size,
             "parameters": sum(p.numel() for p in network.parameters()),
-            "final_train_mse": float(trainer.callback_metrics.get("train/mse", float("nan"))),
+            "final_train_mse": float(trainer.callback_metrics.get("train/loss_reward", float("nan"))),
         }))
 
 

@@ -96,3 +96,27 @@ def load(directory: str | Path, map_location: str | torch.device = "cpu") -> nn.
 def metadata(directory: str | Path) -> dict:
     """The ``metadata`` block of a checkpoint config (training figures, data sources)."""
     return json.loads((Path(directory) / "config.json").read_text()).get("metadata", {})
+
+
+def warm_start(module: nn.Module, directory: str | Path) -> dict[str, int]:
+    """Initialise ``module`` from the weights of a saved checkpoint where they fit.
+
+    A parameter of the same name and shape is copied; one whose shape only grew (e.g. an input
+    layer given an extra [MASK] channel) gets the old weights in its leading slice and keeps zeros
+    elsewhere. Returns how many tensors were copied whole, copied into a slice, and left as they were.
+    """
+    source = load_file(str(Path(directory) / "model.safetensors"))
+    counts = {"copied": 0, "sliced": 0, "kept": 0}
+    with torch.no_grad():
+        for name, target in module.state_dict().items():
+            weights = source.get(name)
+            if weights is not None and weights.shape == target.shape:
+                target.copy_(weights)
+                counts["copied"] += 1
+            elif (weights is not None and weights.dim() == target.dim()
+                  and all(a <= b for a, b in zip(weights.shape, target.shape))):
+                target.zero_()[tuple(slice(0, n) for n in weights.shape)].copy_(weights)
+                counts["sliced"] += 1
+            else:
+                counts["kept"] += 1
+    return counts

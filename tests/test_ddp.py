@@ -8,70 +8,34 @@ rank without padding: with 7 samples on 2 ranks, rank 0 decodes 0, 2, 4, 6 and r
 """
 from __future__ import annotations
 
-import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 
-from svdd_lightning import checkpoints
-from svdd_lightning.diffusion import DilatedConvDenoiser, MaskedDiffusion
-from svdd_lightning.domains.dna.oracles import ConvClassifier, EnformerStyleClassifier
+from tiny_dna import LENGTH, METHODS, build_tiny_checkpoints, read_samples, run_cli
+from tiny_dna import decode_args as _decode_args
 
-ROOT = Path(__file__).resolve().parents[1]
-LENGTH = 24
-METHODS = {"pretrained", "best_of_n", "svdd_pm"}
 DDP = ("--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu")
 ONE = ("--trainer.devices", "1", "--trainer.accelerator", "cpu")
 
 
-def run_decode(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    for key in ("SVDD_DEBUG", "MASTER_PORT", "MASTER_ADDR", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "RANK"):
-        env.pop(key, None)
-    return subprocess.run([sys.executable, str(ROOT / "decode.py"), *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+def run_decode(*args: str):
+    return run_cli("decode.py", *args)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("ddp_ckpt")
-    model = MaskedDiffusion(DilatedConvDenoiser(4, channels=8, dilations=(1, 2)), "ACGT", LENGTH, num_steps=8)
-    reward = EnformerStyleClassifier(seq_len=LENGTH, stem_channels=8, stem_pool=2, tower_channels=(8,),
-                                     num_transformer_layers=1, num_heads=2)
-    evaluation = ConvClassifier(channels=(8,), kernel_sizes=(5,), hidden=8)
-    paths = {"mdlm": root / "mdlm", "reward": root / "reward", "eval": root / "eval"}
-    for key, module in (("mdlm", model), ("reward", reward), ("eval", evaluation)):
-        checkpoints.save(module.eval(), paths[key])
-    fasta = root / "ref.fasta"
-    fasta.write_text("".join(f">r{i}\n{'ACGT' * (LENGTH // 4)}\n" for i in range(3)))
-    paths["reference"] = fasta
-    return paths
+    return build_tiny_checkpoints(tmp_path_factory.mktemp("ddp_ckpt"))
 
 
 def decode_args(paths: dict[str, Path], out: Path, num_samples: int, *extra: str) -> list[str]:
-    return ["predict", "--config", "configs/dna/compare.yaml", "--output_dir", str(out),
-            "--model.model", str(paths["mdlm"]),
-            "--model.reward.init_args.checkpoint", str(paths["reward"]),
-            "--model.metrics.eval_oracle.init_args.fn.init_args.checkpoint", str(paths["eval"]),
-            "--model.metrics.elbo.init_args.num_times", "2",
-            "--model.methods.best_of_n.init_args.n", "3",
-            "--model.methods.svdd_pm.init_args.num_candidates", "3",
-            "--writer.set_metrics.3mer_pearson.init_args.reference", str(paths["reference"]),
-            "--data.num_samples", str(num_samples), "--data.batch_size", "2",
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra]
+    return _decode_args(paths, out, "--data.num_samples", str(num_samples), "--data.batch_size", "2", *extra)
 
 
-def samples(out: Path) -> list[tuple[str, int, str]]:
-    with open(out / "samples.csv") as handle:
-        return [(r["method"], int(r["index"]), r["sequence"]) for r in csv.DictReader(handle)]
+samples = read_samples
 
 
 def part_indices(path: Path) -> list[list[int]]:

@@ -1,12 +1,8 @@
 """DNA domain and the two commands, on tiny models and data written by the tests."""
 from __future__ import annotations
 
-import csv
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,15 +15,7 @@ from svdd_lightning.domains.dna.metrics import KmerCorrelation, kmer_frequencies
 from svdd_lightning.domains.dna.oracles import ConvClassifier, EnformerStyleClassifier
 from svdd_lightning.domains.dna.rewards import OracleReward
 
-ROOT = Path(__file__).resolve().parents[1]
-LENGTH = 24
-
-
-def run_cli(script: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    env.pop("SVDD_DEBUG", None)
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+from tiny_dna import LENGTH, METHODS, build_tiny_checkpoints, decode_args, read_samples, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -49,19 +37,7 @@ def regions(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("ckpt")
-    model = MaskedDiffusion(DilatedConvDenoiser(4, channels=8, dilations=(1, 2)), "ACGT", LENGTH, num_steps=8)
-    reward = EnformerStyleClassifier(seq_len=LENGTH, stem_channels=8, stem_pool=2, tower_channels=(8,),
-                                     num_transformer_layers=1, num_heads=2)
-    evaluation = ConvClassifier(channels=(8,), kernel_sizes=(5,), hidden=8)
-    paths = {"mdlm": root / "mdlm", "reward": root / "reward", "eval": root / "eval"}
-    for key, module in (("mdlm", model), ("reward", reward), ("eval", evaluation)):
-        checkpoints.save(module.eval(), paths[key])
-    fasta = root / "ref.fasta"
-    fasta.write_text("".join(f">r{i}\n{'ACGT' * (LENGTH // 4)}\n" for i in range(3)))
-    paths["reference"] = fasta
-    return paths
+    return build_tiny_checkpoints(tmp_path_factory.mktemp("ckpt"))
 
 
 # --- data and encoding ------------------------------------------------------------------------------
@@ -160,21 +136,8 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
 
 
 # --- the commands -------------------------------------------------------------------------------------
-def _decode_args(paths: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return ["predict", "--config", "configs/dna/compare.yaml", "--output_dir", str(out),
-            "--model.model", str(paths["mdlm"]),
-            "--model.reward.init_args.checkpoint", str(paths["reward"]),
-            "--model.metrics.eval_oracle.init_args.fn.init_args.checkpoint", str(paths["eval"]),
-            "--model.metrics.elbo.init_args.num_times", "2",
-            "--model.methods.best_of_n.init_args.n", "3",
-            "--model.methods.svdd_pm.init_args.num_candidates", "3",
-            "--writer.set_metrics.3mer_pearson.init_args.reference", str(paths["reference"]),
-            "--trainer.enable_progress_bar", "false", *extra]
-
-
-def _samples(out: Path) -> list[tuple[str, str, str]]:
-    with open(out / "samples.csv") as handle:
-        return [(r["method"], r["index"], r["sequence"]) for r in csv.DictReader(handle)]
+_decode_args = decode_args
+_samples = read_samples
 
 
 def test_decode_writes_every_output_and_depends_only_on_sample_index(tiny_checkpoints, tmp_path):
@@ -182,11 +145,11 @@ def test_decode_writes_every_output_and_depends_only_on_sample_index(tiny_checkp
     res = run_cli("decode.py", *_decode_args(tiny_checkpoints, out_a, "--data.num_samples", "6",
                                              "--data.batch_size", "2"))
     assert res.returncode == 0, res.stderr[-2000:]
-    for name in ("pretrained.fasta", "best_of_n.fasta", "svdd_pm.fasta", "samples.csv", "summary.json",
+    for name in ("pretrained.fasta", "best_of_n.fasta", "svdd_pm.fasta", "svdd_mc.fasta", "samples.csv", "summary.json",
                  "reward_histogram.png", "config.yaml"):
         assert (out_a / name).is_file(), name
     summary = json.loads((out_a / "summary.json").read_text())
-    assert set(summary) == {"pretrained", "best_of_n", "svdd_pm"}
+    assert set(summary) == METHODS
     entry = summary["svdd_pm"]
     assert entry["n"] == 6
     assert set(entry["reward"]) == {"mean", "median", "top20", "top10"}
@@ -196,7 +159,7 @@ def test_decode_writes_every_output_and_depends_only_on_sample_index(tiny_checkp
     assert summary["best_of_n"]["per_sample"]["reward_calls"] == 4  # 3 candidates + the final score
     assert entry["wall_seconds"] > 0
     rows = _samples(out_a)
-    assert len(rows) == 18 and all(len(seq) == LENGTH and set(seq) <= set("ACGT") for _, _, seq in rows)
+    assert len(rows) == 6 * len(METHODS) and all(len(seq) == LENGTH and set(seq) <= set("ACGT") for _, _, seq in rows)
 
     res = run_cli("decode.py", *_decode_args(tiny_checkpoints, out_b, "--data.num_samples", "6",
                                              "--data.batch_size", "4"))
@@ -285,3 +248,16 @@ def test_svdd_mc_decodes_with_a_value_network_from_a_checkpoint(tiny_checkpoints
     assert per_sample["denoiser_calls"] <= model.num_steps
     assert per_sample["value_calls"] == 5 * (model.num_steps - 1)
     assert per_sample["reward_calls"] == 5 + 1
+
+
+def test_warm_start_copies_matching_weights_and_widens_the_input_layer(tmp_path):
+    oracle = EnformerStyleClassifier(seq_len=LENGTH, stem_channels=8, stem_pool=2, tower_channels=(8,),
+                                     num_transformer_layers=1, num_heads=2).eval()
+    checkpoints.save(oracle, tmp_path / "oracle")
+    value = EnformerStyleClassifier(seq_len=LENGTH, stem_channels=8, stem_pool=2, tower_channels=(8,),
+                                    num_transformer_layers=1, num_heads=2, input_symbols=5, time_conditioning=True)
+    counts = checkpoints.warm_start(value, tmp_path / "oracle")
+    assert counts["sliced"] == 1 and counts["kept"] == 4  # stem gains the [MASK] channel; the time MLP is new
+    torch.testing.assert_close(value.stem.weight[:, :4], oracle.stem.weight)
+    assert value.stem.weight[:, 4].abs().sum() == 0
+    torch.testing.assert_close(value.head[-1].weight, oracle.head[-1].weight)

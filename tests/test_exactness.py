@@ -11,7 +11,6 @@ v_k(x) = alpha log E_pre[exp(r(x_0) / alpha) | x_k] are all enumerated. With tha
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from scipy import stats

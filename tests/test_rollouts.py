@@ -184,7 +184,7 @@ def test_value_regression_fits_under_cpu_ddp(model_dir, tmp_path):
     before = {k: v.clone() for k, v in network.state_dict().items()}
     trainer.fit(module, datamodule=datamodule(model_dir, cache_dir=str(cache)))
     # ddp_spawn sends back rank 0's weights and metrics (not its step counter)
-    assert trainer.state.finished and {"train/mse", "val/mse"} <= set(trainer.callback_metrics)
+    assert trainer.state.finished and {"train/loss_reward", "val/mse"} <= set(trainer.callback_metrics)
     assert any(k.startswith("val/pearson_t") for k in trainer.callback_metrics)
     assert any(not torch.equal(before[k], v) for k, v in network.state_dict().items())
     assert sorted(p.name for p in cache.iterdir()) == ["manifest.json", "train-00000.safetensors",

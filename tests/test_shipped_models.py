@@ -11,14 +11,16 @@ from svdd_lightning.diffusion import MaskedDiffusion
 from svdd_lightning.domains.dna.rewards import OracleReward
 
 ROOT = Path(__file__).resolve().parents[1]
-MDLM, REWARD, EVAL = (ROOT / "checkpoints/dna" / name for name in ("mdlm", "oracle_reward", "oracle_eval"))
+MDLM, REWARD, EVAL, VALUE = (ROOT / "checkpoints/dna" / name
+                             for name in ("mdlm", "oracle_reward", "oracle_eval", "value_mc"))
 
 
 def generators(n: int, offset: int = 0) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(1000 + offset + i) for i in range(n)]
 
 
-@pytest.mark.parametrize("path, metric", [(MDLM, "val/nelbo_bpt"), (REWARD, "val/auroc"), (EVAL, "val/auroc")])
+@pytest.mark.parametrize("path, metric", [(MDLM, "val/nelbo_bpt"), (REWARD, "val/auroc"), (EVAL, "val/auroc"),
+                                          (VALUE, "val/mse")])
 def test_shipped_checkpoints_are_safetensors_with_their_training_record(path, metric):
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
     module = checkpoints.load(path)

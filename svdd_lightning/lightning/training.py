@@ -130,19 +130,44 @@ class ExportBest(L.Callback):
         })
 
 
+def value_loss(pred: torch.Tensor, reward: torch.Tensor, target: str = "reward", alpha: float = 1.0,
+               reward_offset: float = 0.0) -> torch.Tensor:
+    """Monte-Carlo regression loss of a value prediction on rollout rewards.
+
+    ``target="reward"``: MSE(f, r), minimised by E[r(x_0) | x_t] (Algorithm 2).
+    ``target="exp_reward"``: MSE(exp((f - c) / alpha), exp((r - c) / alpha)), minimised by the soft
+    value alpha * log E[exp(r(x_0) / alpha) | x_t]; f stays in reward units and ``c`` (``reward_offset``,
+    about the largest reward) keeps the exponentials in range.
+    """
+    if target == "reward":
+        return F.mse_loss(pred, reward)
+    if target == "exp_reward":
+        return F.mse_loss(torch.exp((pred - reward_offset) / alpha), torch.exp((reward - reward_offset) / alpha))
+    raise ValueError(f"ValueRegression.target must be 'reward' or 'exp_reward', got {target!r}")
+
+
 class ValueRegression(L.LightningModule):
     """SVDD-MC's value network by Monte-Carlo regression (paper, Algorithm 2).
 
     Batches are (x_t, t, r(x_0)) from rollouts of the frozen pretrained model; the network
-    f(x_t, t) is fitted to r(x_0) by mean squared error. Validation reports MSE, Pearson and
+    f(x_t, t) is fitted to r(x_0) by mean squared error. ``warm_start`` initialises the network from
+    a checkpoint of the same architecture (e.g. the reward oracle, whose logit is the target at t = 0).
+    ``target="exp_reward"`` regresses exp(r / alpha) instead, for the soft value (see :func:`value_loss`). Validation reports MSE, Pearson and
     Spearman overall and Pearson per bucket of diffusion time t (``num_buckets`` equal widths).
     """
 
     def __init__(self, network: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-2,
-                 warmup_steps: int = 100, num_buckets: int = 4) -> None:
+                 warmup_steps: int = 100, num_buckets: int = 4, warm_start: str | None = None,
+                 target: str = "reward", alpha: float = 1.0, reward_offset: float = 0.0) -> None:
         super().__init__()
+        if target not in ("reward", "exp_reward") or alpha <= 0:
+            raise ValueError(f"ValueRegression: target must be 'reward' or 'exp_reward' and alpha > 0, "
+                             f"got {target!r} and {alpha}")
         self.save_hyperparameters(ignore=["network"])
         self.network = network
+        if warm_start is not None:
+            counts = checkpoints.warm_start(network, warm_start)
+            print(f"value network warm-started from {warm_start}: {counts}")
         self.val_mse, self.val_pearson, self.val_spearman = MeanSquaredError(), PearsonCorrCoef(), SpearmanCorrCoef()
         self.bucket_pearson = nn.ModuleList(PearsonCorrCoef() for _ in range(num_buckets))
         self.bucket_seen = [False] * num_buckets
@@ -153,8 +178,9 @@ class ValueRegression(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, t, reward = batch
-        loss = F.mse_loss(self.network(x, t), reward)
-        self.log("train/mse", loss, prog_bar=True, batch_size=len(reward))
+        hp = self.hparams
+        loss = value_loss(self.network(x, t), reward, hp.target, hp.alpha, hp.reward_offset)
+        self.log(f"train/loss_{hp.target}", loss, prog_bar=True, batch_size=len(reward))
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:

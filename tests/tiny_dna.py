@@ -1,0 +1,68 @@
+"""Tiny DNA checkpoints and helpers for the tests that run train.py / decode.py."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from svdd_lightning import checkpoints
+from svdd_lightning.diffusion import DilatedConvDenoiser, MaskedDiffusion
+from svdd_lightning.domains.dna.oracles import ConvClassifier, EnformerStyleClassifier
+
+ROOT = Path(__file__).resolve().parents[1]
+LENGTH = 24
+METHODS = {"pretrained", "best_of_n", "svdd_pm", "svdd_mc"}
+
+
+def tiny_enformer(**kwargs) -> EnformerStyleClassifier:
+    return EnformerStyleClassifier(seq_len=LENGTH, stem_channels=8, stem_pool=2, tower_channels=(8,),
+                                   num_transformer_layers=1, num_heads=2, **kwargs)
+
+
+def build_tiny_checkpoints(root: Path) -> dict[str, Path]:
+    """Random tiny versions of every checkpoint configs/dna/compare.yaml names, and a reference FASTA."""
+    torch.manual_seed(0)
+    modules = {
+        "mdlm": MaskedDiffusion(DilatedConvDenoiser(4, channels=8, dilations=(1, 2)), "ACGT", LENGTH, num_steps=8),
+        "reward": tiny_enformer(),
+        "eval": ConvClassifier(channels=(8,), kernel_sizes=(5,), hidden=8),
+        "value": tiny_enformer(input_symbols=5, time_conditioning=True),
+    }
+    paths = {key: checkpoints.save(module.eval(), root / key) for key, module in modules.items()}
+    paths["reference"] = root / "ref.fasta"
+    paths["reference"].write_text("".join(f">r{i}\n{'ACGT' * (LENGTH // 4)}\n" for i in range(3)))
+    return paths
+
+
+def decode_args(paths: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    """``decode.py predict`` on configs/dna/compare.yaml with the tiny checkpoints and small settings."""
+    return ["predict", "--config", "configs/dna/compare.yaml", "--output_dir", str(out),
+            "--model.model", str(paths["mdlm"]),
+            "--model.reward.init_args.checkpoint", str(paths["reward"]),
+            "--model.metrics.eval_oracle.init_args.fn.init_args.checkpoint", str(paths["eval"]),
+            "--model.metrics.elbo.init_args.num_times", "2",
+            "--model.methods.best_of_n.init_args.n", "3",
+            "--model.methods.svdd_pm.init_args.num_candidates", "3",
+            "--model.methods.svdd_mc.init_args.num_candidates", "3",
+            "--model.methods.svdd_mc.init_args.value.init_args.network", str(paths["value"]),
+            "--writer.set_metrics.3mer_pearson.init_args.reference", str(paths["reference"]),
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra]
+
+
+def run_cli(script: str, *args: str) -> subprocess.CompletedProcess:
+    """Run train.py or decode.py from the repository root, one thread, no inherited DDP variables."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    for key in ("SVDD_DEBUG", "MASTER_PORT", "MASTER_ADDR", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "RANK"):
+        env.pop(key, None)
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def read_samples(out: Path) -> list[tuple[str, int, str]]:
+    """(method, index, sequence) rows of a run's samples.csv."""
+    with open(out / "samples.csv") as handle:
+        return [(r["method"], int(r["index"]), r["sequence"]) for r in csv.DictReader(handle)]
