@@ -61,8 +61,9 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 def test_rollouts_shapes_levels_and_times(model):
     data = generate_rollouts(model, GCContent(), list(range(8)), seed=0, levels_per_rollout=LEVELS)
     n = 8 * LEVELS
-    assert data["x"].shape == (n, LENGTH) and data["x"].dtype == torch.long
-    assert {k: v.shape for k, v in data.items() if k != "x"} == {k: (n,) for k in ("t", "level", "reward", "rollout")}
+    assert data["x"].shape == data["x_next"].shape == (n, LENGTH) and data["x"].dtype == torch.long
+    assert {k: v.shape for k, v in data.items() if k not in ("x", "x_next")} == {
+        k: (n,) for k in ("t", "level", "reward", "rollout", "t_next")}
     assert data["level"].min() >= 1 and data["level"].max() <= STEPS - 1
     assert torch.allclose(data["t"], 1 - data["level"].float() / STEPS)
     assert bool(((data["t"] > 0) & (data["t"] < 1)).all())
@@ -110,7 +111,7 @@ def test_cache_is_reused_resumed_and_checked(model_dir, tmp_path, monkeypatch):
         second.setup("fit")
     for split in ("train", "val"):
         assert_same(first.split_data(split), second.split_data(split))
-    x, t, reward = next(iter(second.val_dataloader()))
+    x, t, reward, x_next, t_next = next(iter(second.val_dataloader()))
     assert x.shape == (8, LENGTH) and t.shape == reward.shape == (8,)
     assert len(second.train_dataloader()) == 8 * LEVELS // 8
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+from torch.utils._pytree import tree_map
 
 from .model import DiffusionModel
 from .reward import Reward, RewardFn, as_reward
@@ -199,15 +200,12 @@ class DPS(Decoder):
             with torch.inference_mode(False), torch.enable_grad():
                 prediction = map_chunked(lambda rows: model.guided_prediction(rows, level, guidance, self.scale),
                                          _normal_tensors(x), self.chunk_size)
-            n = len(generators)
-            run.stats.denoiser_calls += n
-            run.stats.gradient_calls += n
+            run.stats.denoiser_calls += len(generators)
+            run.stats.gradient_calls += len(generators)
             x = model.propose(x, prediction, level, generators, 1)
         return x
 
 
 def _normal_tensors(x: State) -> State:
     """Copies usable by autograd even when created under ``torch.inference_mode``."""
-    from torch.utils._pytree import tree_map
-
     return tree_map(lambda t: t.clone(), x)

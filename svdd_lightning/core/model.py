@@ -25,6 +25,9 @@ class DiffusionModel(nn.Module, ABC):
     """A frozen pretrained diffusion model seen as a Markov chain p_pre(x_{k+1} | x_k)."""
 
     num_steps: int
+    #: False when the denoiser's output depends on the state only (MDLM without time conditioning):
+    #: a row that did not change then reuses its last prediction instead of a new denoiser call.
+    denoiser_uses_level: bool = True
 
     @abstractmethod
     def initial_state(self, generators: Sequence[torch.Generator]) -> State:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
@@ -16,7 +17,7 @@ class DecodeStats:
 
     ``denoiser_calls`` counts rows passed through the denoiser (one NFE per row; a row whose state
     did not change since its last evaluation is reused, not recomputed, when the model's denoiser
-    ignores the level). ``gradient_calls`` counts denoiser backward passes (DPS).
+    ignores the level). ``gradient_calls`` counts reward gradients (DPS).
     """
 
     denoiser_calls: int = 0
@@ -27,11 +28,6 @@ class DecodeStats:
 
     def per_sample(self, n: int) -> dict[str, float]:
         return {f.name: getattr(self, f.name) / max(n, 1) for f in fields(self)}
-
-    def __iadd__(self, other: "DecodeStats") -> "DecodeStats":
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-        return self
 
 
 def _rows_equal(a: State, b: State) -> torch.Tensor:
@@ -54,7 +50,7 @@ class Run:
 
     def denoise(self, x: State, level: int, reuse: tuple[State, Prediction] | None = None) -> Prediction:
         """``model.denoise`` in chunks; rows equal to ``reuse``'s state take its prediction."""
-        if reuse is not None and not getattr(self.model, "denoiser_uses_level", True):
+        if reuse is not None and not self.model.denoiser_uses_level:
             prev_x, prev_pred = reuse
             fresh = ~_rows_equal(x, prev_x)
             if not bool(fresh.all()):
@@ -70,16 +66,10 @@ class Run:
     def score(self, x0: State) -> torch.Tensor:
         """Reward of clean states (decoded first), floored where the reward fails."""
         failures_before = self.reward.failures
-        values = torch.cat([self.reward(self.model.decode(chunk)) for chunk in _chunks(x0, self.chunk_size)])
+        values = map_chunked(lambda rows: self.reward(self.model.decode(rows)), x0, self.chunk_size)
         self.stats.reward_calls += batch_size(x0)
         self.stats.reward_failures += self.reward.failures - failures_before
         return values
-
-
-def _chunks(x: State, chunk_size: int | None) -> list[State]:
-    n = batch_size(x)
-    step = chunk_size or n
-    return [index_rows(x, torch.arange(i, min(i + step, n))) for i in range(0, n, step)]
 
 
 class Candidates:

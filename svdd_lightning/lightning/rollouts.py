@@ -36,6 +36,8 @@ from .decoding import sample_seed
 SOURCES = ("rollouts", "forward_noising")
 SPLITS = ("train", "val")
 MANIFEST = "manifest.json"
+FORMAT = 2  # 2: shards of the rollouts source also hold each state's successor (x_next, t_next)
+BATCH_KEYS = ("x", "t", "reward", "x_next", "t_next")
 
 
 def _generators(seed: int, source: str, indices: Sequence[int]) -> list[torch.Generator]:
@@ -51,20 +53,30 @@ def _draw_levels(num_steps: int, generators: Sequence[torch.Generator], levels_p
                         for g in generators])
 
 
-def _flatten(model: DiffusionModel, parts: list[tuple[int, Tensor, State]], rewards: Tensor,
-             indices: Sequence[int]) -> dict[str, Tensor]:
-    """Pairs from ``(level, rows, states)`` parts, ordered by rollout then level."""
+def _order(model: DiffusionModel, parts: list[tuple[int, Tensor, State]]) -> tuple[Tensor, Tensor, State]:
+    """Rows, levels and states of ``(level, rows, states)`` parts, ordered by rollout then level."""
     rows = torch.cat([r for _, r, _ in parts])
     level = torch.cat([torch.full_like(r, k) for k, r, _ in parts])
     order = torch.argsort(rows * (model.num_steps + 1) + level)
-    rows, level = rows[order], level[order]
-    return {
-        "x": index_rows(concat_rows([s for _, _, s in parts]), order),
+    return rows[order], level[order], index_rows(concat_rows([s for _, _, s in parts]), order)
+
+
+def _flatten(model: DiffusionModel, parts: list[tuple[int, Tensor, State]], rewards: Tensor,
+             indices: Sequence[int], successors: list[tuple[int, Tensor, State]] | None = None) -> dict[str, Tensor]:
+    """Pairs from ``(level, rows, states)`` parts; ``successors`` holds, under the same (level, row)
+    keys, each kept state's next state x_{k+1} (for soft Q-learning)."""
+    rows, level, x = _order(model, parts)
+    data = {
+        "x": x,
         "t": torch.tensor([model.time(k) for k in level.tolist()], dtype=torch.float32),
         "level": level,
         "reward": rewards.float()[rows],
         "rollout": torch.tensor(list(indices), dtype=torch.long)[rows],
     }
+    if successors is not None:
+        data["x_next"] = _order(model, successors)[2]
+        data["t_next"] = torch.tensor([model.time(k + 1) for k in level.tolist()], dtype=torch.float32)
+    return data
 
 
 @torch.no_grad()
@@ -74,20 +86,28 @@ def generate_rollouts(model: DiffusionModel, reward: Reward | RewardFn, indices:
 
     Returns flat tensors over the P = len(indices) * levels_per_rollout pairs: ``x`` (P, ...) the kept
     states (on CPU), ``t`` (P,) = model.time(level), ``level`` (P,), ``reward`` (P,) the rollout's
-    floored r(x_0), ``rollout`` (P,) its index. Level 0 (the prior) and the clean level are never kept.
+    floored r(x_0), ``rollout`` (P,) its index, and ``x_next``, ``t_next`` the state one step later
+    (x_0 after the last step), for soft Q-learning. Level 0 (the prior) and the clean level are never
+    kept.
     """
     generators = _generators(seed, "rollout", indices)
     levels = _draw_levels(model.num_steps, generators, levels_per_rollout)
     parts: list[tuple[int, Tensor, State]] = []
+    successors: list[tuple[int, Tensor, State]] = []
 
-    def keep(level: int, x: State) -> None:
-        rows = (levels == level).any(dim=1).nonzero().squeeze(1)
+    def keep(level: int, x: State, into: list, kept_level: int) -> None:
+        rows = (levels == kept_level).any(dim=1).nonzero().squeeze(1)
         if rows.numel():
-            parts.append((level, rows, _to_cpu(index_rows(x, rows))))
+            into.append((kept_level, rows, _to_cpu(index_rows(x, rows))))
+
+    def on_level(level: int, x: State) -> None:
+        keep(level, x, parts, level)
+        keep(level, x, successors, level - 1)  # x_k is the successor of a state kept at level k - 1
 
     run = Run(model, as_reward(reward), chunk_size)
-    x0 = ancestral(run, model.initial_state(generators), generators, on_level=keep)
-    return _flatten(model, parts, run.score(x0).cpu(), indices)
+    x0 = ancestral(run, model.initial_state(generators), generators, on_level=on_level)
+    keep(model.num_steps, x0, successors, model.num_steps - 1)
+    return _flatten(model, parts, run.score(x0).cpu(), indices, successors)
 
 
 @torch.no_grad()
@@ -115,7 +135,8 @@ def _to_cpu(x: State) -> State:
 
 
 class RolloutDataModule(L.LightningDataModule):
-    """(x_t, t, r(x_0)) batches for :class:`~svdd_lightning.lightning.training.ValueRegression`.
+    """(x_t, t, r(x_0)) batches for :class:`~svdd_lightning.lightning.training.ValueRegression`, followed
+    by (x_{t+1}, t_{t+1}) for the rollouts source (used by soft Q-learning).
 
     Training uses rollouts 0 .. num_rollouts-1, validation the held-out rollouts num_rollouts ..
     num_rollouts+val_rollouts-1; both are cut into shards of ``shard_size`` rollouts. Under DDP rank
@@ -227,7 +248,7 @@ class RolloutDataModule(L.LightningDataModule):
         if split not in self._data:
             raise RuntimeError(f"RolloutDataModule: the {split} data are not set up; call setup() first")
         data = self._data[split]
-        return TensorDataset(data["x"], data["t"], data["reward"])
+        return TensorDataset(*(data[key] for key in BATCH_KEYS if key in data))
 
     # --- helpers ----------------------------------------------------------------------------------
     def _rank_and_world(self) -> tuple[int, int]:
@@ -268,7 +289,7 @@ class RolloutDataModule(L.LightningDataModule):
         return self._clean
 
     def _manifest(self) -> dict:
-        return {"seed": self.seed, "levels_per_rollout": self.levels_per_rollout, "shard_size": self.shard_size,
+        return {"format": FORMAT, "seed": self.seed, "levels_per_rollout": self.levels_per_rollout, "shard_size": self.shard_size,
                 "num_rollouts": self.num_rollouts, "source": self.source,
                 "model": str(Path(self.model_path).resolve()),
                 "samples": None if self.samples is None else str(Path(self.samples).resolve()),

@@ -1,6 +1,7 @@
 """LightningModules that train the project's own models, and the callback that ships them."""
 from __future__ import annotations
 
+import copy
 import math
 import time
 from pathlib import Path
@@ -146,28 +147,38 @@ def value_loss(pred: torch.Tensor, reward: torch.Tensor, target: str = "reward",
     raise ValueError(f"ValueRegression.target must be 'reward' or 'exp_reward', got {target!r}")
 
 
+TARGETS = ("reward", "exp_reward", "soft_q")
+
+
 class ValueRegression(L.LightningModule):
     """SVDD-MC's value network by Monte-Carlo regression (paper, Algorithm 2).
 
     Batches are (x_t, t, r(x_0)) from rollouts of the frozen pretrained model; the network
     f(x_t, t) is fitted to r(x_0) by mean squared error. ``warm_start`` initialises the network from
     a checkpoint of the same architecture (e.g. the reward oracle, whose logit is the target at t = 0).
-    ``target="exp_reward"`` regresses exp(r / alpha) instead, for the soft value (see :func:`value_loss`). Validation reports MSE, Pearson and
+    ``target="exp_reward"`` regresses exp(r / alpha) instead, for the soft value (see :func:`value_loss`);
+    ``target="soft_q"`` is soft Q-learning (paper, App. B, Algorithm 5): exp(v(x_t) / alpha) is
+    regressed on exp(v'(x_{t+1}) / alpha), v' an EMA copy of the network (``target_decay``) and
+    v'(x_0) = r(x_0), so v satisfies the soft Bellman equation v(x_t) = alpha log E[exp(v(x_{t+1}) / alpha)].
+    Validation always scores v against the rollouts' r(x_0). Validation reports MSE, Pearson and
     Spearman overall and Pearson per bucket of diffusion time t (``num_buckets`` equal widths).
     """
 
     def __init__(self, network: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-2,
                  warmup_steps: int = 100, num_buckets: int = 4, warm_start: str | None = None,
-                 target: str = "reward", alpha: float = 1.0, reward_offset: float = 0.0) -> None:
+                 target: str = "reward", alpha: float = 1.0, reward_offset: float = 0.0,
+                 target_decay: float = 0.99) -> None:
         super().__init__()
-        if target not in ("reward", "exp_reward") or alpha <= 0:
-            raise ValueError(f"ValueRegression: target must be 'reward' or 'exp_reward' and alpha > 0, "
-                             f"got {target!r} and {alpha}")
+        if target not in TARGETS or alpha <= 0 or not 0 <= target_decay < 1:
+            raise ValueError(f"ValueRegression: target must be one of {TARGETS}, alpha > 0 and target_decay in "
+                             f"[0, 1); got {target!r}, {alpha} and {target_decay}")
         self.save_hyperparameters(ignore=["network"])
         self.network = network
         if warm_start is not None:
             counts = checkpoints.warm_start(network, warm_start)
             print(f"value network warm-started from {warm_start}: {counts}")
+        # soft Q-learning bootstraps from a slowly moving copy of the network (its EMA)
+        self.target_network = copy.deepcopy(network).requires_grad_(False) if target == "soft_q" else None
         self.val_mse, self.val_pearson, self.val_spearman = MeanSquaredError(), PearsonCorrCoef(), SpearmanCorrCoef()
         self.bucket_pearson = nn.ModuleList(PearsonCorrCoef() for _ in range(num_buckets))
         self.bucket_seen = [False] * num_buckets
@@ -177,14 +188,43 @@ class ValueRegression(L.LightningModule):
         return [f"t{b / n:.2f}-{(b + 1) / n:.2f}" for b in range(n)]
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x, t, reward = batch
+        x, t, reward = batch[:3]
         hp = self.hparams
-        loss = value_loss(self.network(x, t), reward, hp.target, hp.alpha, hp.reward_offset)
+        if hp.target == "soft_q":
+            loss = value_loss(self.network(x, t), self.bootstrap_target(batch), "exp_reward", hp.alpha,
+                              hp.reward_offset)
+        else:
+            loss = value_loss(self.network(x, t), reward, hp.target, hp.alpha, hp.reward_offset)
         self.log(f"train/loss_{hp.target}", loss, prog_bar=True, batch_size=len(reward))
         return loss
 
+    def train(self, mode: bool = True) -> "ValueRegression":
+        """The target network stays in eval mode (no dropout in the bootstrapped targets)."""
+        super().train(mode)
+        if self.target_network is not None:
+            self.target_network.eval()
+        return self
+
+    @torch.no_grad()
+    def bootstrap_target(self, batch) -> torch.Tensor:
+        """Soft Q-learning's target for v(x_t): the target network's value of the next state x_{t+1}
+        of the same rollout, or the reward where x_{t+1} is clean (paper, App. B, Algorithm 5)."""
+        if len(batch) < 5:
+            raise ValueError("ValueRegression target soft_q needs (x_t, t, r, x_next, t_next) batches: "
+                             "use RolloutDataModule with source: rollouts")
+        _, _, reward, x_next, t_next = batch
+        clean = t_next <= 0
+        value = self.target_network(x_next, t_next)
+        return torch.where(clean, reward, value)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.target_network is not None:
+            decay = self.hparams.target_decay
+            for target, online in zip(self.target_network.parameters(), self.network.parameters()):
+                target.lerp_(online.detach(), 1 - decay)
+
     def validation_step(self, batch, batch_idx: int) -> None:
-        x, t, reward = batch
+        x, t, reward = batch[:3]
         pred = self.network(x, t)
         for metric in (self.val_mse, self.val_pearson, self.val_spearman):
             metric.update(pred, reward)
