@@ -10,6 +10,9 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LightningCLI
 
+from .decoding import DecodingModule, SampleIndexDataModule
+from .writer import DesignWriter
+
 USER_ERRORS = (FileNotFoundError, ValueError, KeyError, TypeError, argparse.ArgumentError)
 PARSER_KWARGS = {"exit_on_error": False}
 
@@ -46,8 +49,6 @@ class DecodeCLI(LightningCLI):
     """``decode.py``: a :class:`DecodingModule` over :class:`SampleIndexDataModule`, with ``--output_dir``."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        from .writer import DesignWriter
-
         parser.add_argument("--output_dir", type=str, default="results", help="where the results are written")
         parser.add_lightning_class_args(DesignWriter, "writer")
         parser.link_arguments("output_dir", "writer.output_dir")
@@ -56,8 +57,6 @@ class DecodeCLI(LightningCLI):
 
 
 def main_decode(args: list[str] | None = None) -> LightningCLI:
-    from .decoding import DecodingModule, SampleIndexDataModule
-
     torch.set_float32_matmul_precision("high")
     return _one_line_errors(lambda: DecodeCLI(DecodingModule, SampleIndexDataModule,
                                               save_config_kwargs={"overwrite": True}, parser_kwargs=PARSER_KWARGS, args=args))

@@ -19,6 +19,7 @@ from .. import checkpoints
 from ..core.decoders import Decoder
 from ..core.model import DiffusionModel
 from ..core.reward import Reward, RewardFunction
+from ..core.value import NetworkValue
 from ..evaluation import SampleMetric, ScoreMetric
 
 PARTS = "parts"
@@ -62,11 +63,15 @@ class DecodingModule(L.LightningModule):
         return self
 
     def on_predict_start(self) -> None:
-        """Rewards and metrics holding networks follow the model to the run's device."""
+        """Rewards, metrics and value networks follow the model to the run's device."""
         scorers = [self.reward, *(m.fn for m in self.metrics.values() if isinstance(m, ScoreMetric))]
         for scorer in scorers:
             if callable(getattr(scorer.fn, "to", None)):
                 scorer.fn.to(self.device)
+        for decoder in self.methods.values():
+            value = getattr(decoder, "value", None)
+            if isinstance(value, NetworkValue):
+                value.network.to(self.device)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, list]:
         indices = batch["index"].tolist()
