@@ -157,7 +157,7 @@ def test_decode_writes_every_output_and_depends_only_on_sample_index(tiny_checkp
     assert -1 <= entry["3mer_pearson"] <= 1 and 0 < entry["distinct_fraction"] <= 1
     assert summary["pretrained"]["per_sample"]["denoiser_calls"] <= 8
     assert summary["best_of_n"]["per_sample"]["reward_calls"] == 4  # 3 candidates + the final score
-    assert entry["wall_seconds"] > 0
+    assert entry["wall_seconds"] > 0 and entry["reward_failures"] == 0
     rows = _samples(out_a)
     assert len(rows) == 6 * len(METHODS) and all(len(seq) == LENGTH and set(seq) <= set("ACGT") for _, _, seq in rows)
 

@@ -121,6 +121,7 @@ def write_outputs(output_dir: Path, metric_names: list[str], set_metrics: dict[s
         method_stats = [s for s in stats if s["method"] == method]
         n_stat = sum(s["n"] for s in method_stats)
         entry["per_sample"] = {f: sum(s[f] for s in method_stats) / max(n_stat, 1) for f in COMPUTE_FIELDS}
+        entry["reward_failures"] = sum(s["reward_failures"] for s in method_stats)  # floored evaluations
         entry["wall_seconds"] = sum(s["seconds"] for s in method_stats)
         entry["samples_per_second"] = n_stat / entry["wall_seconds"] if entry["wall_seconds"] else float("nan")
         summary[method] = entry
