@@ -15,6 +15,7 @@ from torch import nn
 
 from ..checkpoints import Configurable
 from ..core.model import DiffusionModel
+from ..sequences import encode
 from .schedule import LogLinearSchedule
 
 
@@ -43,21 +44,14 @@ class MaskedDiffusion(Configurable, DiffusionModel):
         self.schedule = schedule or LogLinearSchedule()
         self.time_conditioning = time_conditioning
         self.denoiser_uses_level = time_conditioning
-        self._lookup = {c: i for i, c in enumerate(alphabet)}
 
     # --- sequences <-> tokens -------------------------------------------------------------------
     def encode(self, sequences: Sequence[str]) -> torch.Tensor:
         """Strings over the alphabet -> token tensor (N, seq_len), with a one-line error otherwise."""
-        rows = []
         for i, seq in enumerate(sequences):
             if len(seq) != self.seq_len:
                 raise ValueError(f"sequence {i} has length {len(seq)}; this model takes length {self.seq_len}")
-            try:
-                rows.append([self._lookup[c] for c in seq.upper()])
-            except KeyError as err:
-                raise ValueError(f"sequence {i} has symbol {err.args[0]!r} outside the alphabet "
-                                 f"{self.alphabet!r}") from None
-        return torch.tensor(rows, dtype=torch.long, device=self._device())
+        return encode(sequences, self.alphabet).to(self._device())
 
     def decode(self, x0: torch.Tensor) -> list[str]:
         """Token rows -> strings; "N" marks a position still masked (never in a finished sample)."""

@@ -15,35 +15,15 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from ...sequences import encode
+
 ALPHABET = "ACGT"
 REQUIRED_COLUMNS = ("sequence", "split", "cell_type", "chr")
-_LOOKUP = torch.full((256,), -1, dtype=torch.long)
-for _i, _c in enumerate(ALPHABET):
-    _LOOKUP[ord(_c)] = _i
-    _LOOKUP[ord(_c.lower())] = _i
 
 
 def encode_dna(sequences: list[str]) -> torch.Tensor:
     """Equal-length DNA strings -> token ids (N, L) over ACGT; a one-line error names a bad sequence."""
-    if not sequences:
-        return torch.empty((0, 0), dtype=torch.long)
-    length = len(sequences[0])
-    for i, seq in enumerate(sequences):
-        if len(seq) != length:
-            raise ValueError(f"sequence {i} has length {len(seq)}, expected {length} like the first one")
-    raw = torch.frombuffer(bytearray("".join(sequences).encode("ascii", "replace")), dtype=torch.uint8)
-    tokens = _LOOKUP[raw.long()].view(len(sequences), length)
-    bad = (tokens < 0).any(dim=1).nonzero()
-    if len(bad):
-        i = int(bad[0])
-        symbol = next(c for c in sequences[i] if c.upper() not in ALPHABET)
-        raise ValueError(f"sequence {i} has symbol {symbol!r}; DNA sequences must use only A, C, G, T")
-    return tokens
-
-
-def valid_dna(sequences: list[str]) -> torch.Tensor:
-    """Boolean mask of sequences made only of ACGT (any case)."""
-    return torch.tensor([bool(s) and set(s.upper()) <= set(ALPHABET) for s in sequences], dtype=torch.bool)
+    return encode(sequences, ALPHABET, kind="DNA sequences")
 
 
 def read_regions(path: str | Path) -> pd.DataFrame:

@@ -7,7 +7,8 @@ import torch
 
 from ... import checkpoints
 from ...core.reward import RewardFunction
-from .data import encode_dna, valid_dna
+from ...sequences import tokenize
+from .data import ALPHABET
 
 
 class OracleReward(RewardFunction):
@@ -29,10 +30,11 @@ class OracleReward(RewardFunction):
         return logits if self.output == "logit" else torch.sigmoid(logits)
 
     def __call__(self, sequences: list[str]) -> list[float]:
-        ok = valid_dna(sequences)
+        tokens = tokenize(sequences, ALPHABET)
+        ok = (tokens >= 0).all(dim=1) & (tokens.shape[1] > 0)
         scores = torch.full((len(sequences),), math.nan)
         if ok.any():
-            tokens = encode_dna([s for s, good in zip(sequences, ok) if good])
+            tokens = tokens[ok]
             device = next(self.network.parameters()).device
             with torch.no_grad():
                 out = torch.cat([self.network(chunk.to(device)).float().cpu() for chunk in tokens.split(self.batch_size)])
