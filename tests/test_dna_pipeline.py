@@ -11,9 +11,9 @@ import torch
 from svdd_lightning import checkpoints
 from svdd_lightning.diffusion import DilatedConvDenoiser, MaskedDiffusion
 from svdd_lightning.domains.dna.data import DNARegionsDataModule, encode_dna, read_regions
-from svdd_lightning.domains.dna.metrics import KmerCorrelation, kmer_frequencies
+from svdd_lightning.sequence_metrics import KmerCorrelation, kmer_frequencies
 from svdd_lightning.domains.dna.oracles import ConvClassifier, EnformerStyleClassifier
-from svdd_lightning.domains.dna.rewards import OracleReward
+from svdd_lightning.oracle_reward import OracleReward
 
 from tiny_dna import LENGTH, METHODS, build_tiny_checkpoints, decode_args, read_samples, run_cli
 
@@ -101,7 +101,7 @@ def test_oracle_reward_floors_bad_sequences_and_is_differentiable(tiny_checkpoin
     probs = torch.full((2, LENGTH, 4), 0.25, requires_grad=True)
     reward.relaxed(probs).sum().backward()
     assert probs.grad is not None and probs.grad.abs().sum() > 0
-    assert OracleReward(str(tiny_checkpoints["eval"]), output="probability")([good])[0] < 1
+    assert OracleReward(str(tiny_checkpoints["eval"]), output="sigmoid")([good])[0] < 1
 
 
 def test_kmer_correlation():

@@ -8,7 +8,7 @@ import torch
 
 from svdd_lightning import SVDD, BestOfN, PosteriorMeanValue, PretrainedSampling, checkpoints
 from svdd_lightning.diffusion import MaskedDiffusion
-from svdd_lightning.domains.dna.rewards import OracleReward
+from svdd_lightning.oracle_reward import OracleReward
 
 ROOT = Path(__file__).resolve().parents[1]
 MDLM, REWARD, EVAL, VALUE = (ROOT / "checkpoints/dna" / name
@@ -50,7 +50,7 @@ def test_shipped_task_ordering_svdd_over_best_of_n_over_pretrained():
     """The issue's claim on a 64-sample run: SVDD-PM > Best-of-N > pretrained on the median reward
     and on the evaluation oracle."""
     model, reward = checkpoints.load(MDLM), OracleReward(str(REWARD))
-    evaluation = OracleReward(str(EVAL), output="probability")
+    evaluation = OracleReward(str(EVAL), output="sigmoid")
     medians = {}
     with torch.inference_mode():
         for name, decoder in [("pretrained", PretrainedSampling()), ("best_of_n", BestOfN(11)),

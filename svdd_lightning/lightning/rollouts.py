@@ -31,6 +31,7 @@ from ..core.model import DiffusionModel
 from ..core.reward import Reward, RewardFn, RewardFunction, as_reward
 from ..core.run import Run
 from ..core.state import State, batch_size, concat_rows, index_rows
+from ..sequence_metrics import read_fasta
 from .decoding import sample_seed
 
 SOURCES = ("rollouts", "forward_noising")
@@ -274,8 +275,6 @@ class RolloutDataModule(L.LightningDataModule):
     def _clean_samples(self) -> Tensor:
         """The FASTA's sequences as clean states (forward_noising source)."""
         if self._clean is None:
-            from ..domains.dna.metrics import read_fasta
-
             model = self._load_pretrained()
             sequences = read_fasta(self.samples)
             needed = self.num_rollouts + self.val_rollouts

@@ -102,6 +102,44 @@ class SequenceClassifierTraining(L.LightningModule):
         return _adamw_with_cosine(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps)
 
 
+class SequenceRegressorTraining(L.LightningModule):
+    """Trains a one-output network on (tokens, target) by MSE; reports Pearson and Spearman r on
+    validation and test (e.g. a mean-ribosome-load oracle)."""
+
+    def __init__(self, network: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-2,
+                 warmup_steps: int = 100) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["network"])
+        self.network = network
+        self.metrics = nn.ModuleDict({f"{stage}_{name}": metric() for stage in ("val", "test")
+                                      for name, metric in (("pearson", PearsonCorrCoef),
+                                                           ("spearman", SpearmanCorrCoef))})
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        tokens, targets = batch
+        loss = F.mse_loss(self.network(tokens), targets)
+        self.log("train/mse", loss, prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch, stage: str) -> None:
+        tokens, targets = batch
+        pred = self.network(tokens)
+        self.log(f"{stage}/mse", F.mse_loss(pred, targets), batch_size=len(targets), sync_dist=True)
+        for name in ("pearson", "spearman"):
+            metric = self.metrics[f"{stage}_{name}"]
+            metric.update(pred, targets)
+            self.log(f"{stage}/{name}", metric, prog_bar=True)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def configure_optimizers(self):
+        return _adamw_with_cosine(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps)
+
+
 class ExportBest(L.Callback):
     """Writes the trained module (``model`` or ``network`` attribute) as a safe checkpoint directory
     (``config.json`` + ``model.safetensors``) whenever the monitored validation metric improves."""

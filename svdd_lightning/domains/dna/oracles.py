@@ -7,27 +7,13 @@ v(x_t, t) for SVDD-MC.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...checkpoints import Configurable
-
-
-def one_hot_dna(x: torch.Tensor, num_symbols: int = 4) -> torch.Tensor:
-    """Tokens (N, L) -> one-hot (N, num_symbols, L); a float (N, L, C) relaxation is only transposed."""
-    if x.dtype == torch.long:
-        return F.one_hot(x, num_symbols).float().transpose(1, 2)
-    return x.float().transpose(1, 2)
-
-
-def time_features(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal features of diffusion times t in [0, 1], (N,) -> (N, dim)."""
-    freqs = torch.exp(-math.log(1000.0) * torch.arange(dim // 2, device=t.device) / (dim // 2))
-    angles = 1000.0 * t.float().unsqueeze(1) * freqs
-    return torch.cat([angles.sin(), angles.cos()], dim=1)
+from ...layers import time_features
+from ...sequences import one_hot
 
 
 class ConvBlock(nn.Module):
@@ -71,7 +57,7 @@ class EnformerStyleClassifier(Configurable, nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(c), nn.Linear(c, c), nn.GELU(), nn.Dropout(dropout), nn.Linear(c, 1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.stem_pool(F.relu(self.stem(one_hot_dna(x, self.input_symbols))))
+        h = self.stem_pool(F.relu(self.stem(one_hot(x, self.input_symbols))))
         h = self.tower(h).transpose(1, 2)
         if self.time_mlp is not None:
             if t is None:
@@ -98,5 +84,5 @@ class ConvClassifier(Configurable, nn.Module):
                                   nn.Linear(hidden, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.features(one_hot_dna(x))
+        h = self.features(one_hot(x))
         return self.head(h.amax(dim=2)).squeeze(-1)

@@ -1,4 +1,5 @@
-"""Sequence-set metrics of the DRAKES enhancer benchmark (Wang et al. 2024)."""
+"""Sequence metrics: k-mer statistics against reference sequences (as in the DRAKES enhancer
+benchmark, Wang et al. 2024) and per-sequence composition. DNA and RNA alike (U counts as T)."""
 from __future__ import annotations
 
 import gzip
@@ -7,15 +8,18 @@ from pathlib import Path
 
 import torch
 
+from .core.reward import RewardFunction
+
 ALPHABET = "ACGT"
 
 
 def kmer_frequencies(sequences: list[str], k: int = 3) -> torch.Tensor:
-    """Counts of every k-mer over ACGT (4^k,), summed over the sequences; other symbols are skipped."""
+    """Counts of every k-mer over ACGT (4^k,), summed over the sequences; U reads as T, k-mers with
+    other symbols are skipped."""
     index = {"".join(p): i for i, p in enumerate(itertools.product(ALPHABET, repeat=k))}
     counts = torch.zeros(len(index), dtype=torch.float64)
     for seq in sequences:
-        seq = seq.upper()
+        seq = seq.upper().replace("U", "T")
         for i in range(len(seq) - k + 1):
             j = index.get(seq[i: i + k])
             if j is not None:
@@ -55,3 +59,12 @@ class KmerCorrelation:
     def __call__(self, sequences: list[str]) -> float:
         design = kmer_frequencies(sequences, self.k)
         return float(torch.corrcoef(torch.stack([design, self.reference]))[0, 1])
+
+
+class GCContent(RewardFunction):
+    """Fraction of G and C among a sequence's bases (a per-sample evaluation column)."""
+
+    name = "gc_content"
+
+    def __call__(self, sequences: list[str]) -> list[float]:
+        return [sum(c in "GCgc" for c in seq) / max(len(seq), 1) for seq in sequences]

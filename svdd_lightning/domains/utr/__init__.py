@@ -1,0 +1,1 @@
+"""RNA 5'UTR design: data, rewards, oracles."""
