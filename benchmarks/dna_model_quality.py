@@ -28,11 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from svdd_lightning import PretrainedSampling, checkpoints  # noqa: E402
 from svdd_lightning.domains.dna.data import encode_dna, read_regions  # noqa: E402
-from svdd_lightning.sequence_metrics import kmer_frequencies  # noqa: E402
-
-
-def kmer_pearson(a: list[str], b: list[str], k: int) -> float:
-    return float(torch.corrcoef(torch.stack([kmer_frequencies(a, k), kmer_frequencies(b, k)]))[0, 1])
+from svdd_lightning.sequence_metrics import kmer_correlation  # noqa: E402
 
 
 def gc(seqs: list[str]) -> float:
@@ -73,9 +69,9 @@ def main() -> None:
         "gc": {"samples": gc(samples), "test": gc(test_seqs), "train": gc(train_seqs)},
     }
     for k in (3, 6):
-        result["mdlm"][f"{k}mer_pearson_vs_test"] = {"samples": kmer_pearson(samples, test_seqs, k),
-                                                     "train_regions": kmer_pearson(train_seqs, test_seqs, k),
-                                                     "shuffled_test": kmer_pearson(shuffled, test_seqs, k)}
+        result["mdlm"][f"{k}mer_pearson_vs_test"] = {"samples": kmer_correlation(samples, test_seqs, k),
+                                                     "train_regions": kmer_correlation(train_seqs, test_seqs, k),
+                                                     "shuffled_test": kmer_correlation(shuffled, test_seqs, k)}
 
     labels = torch.tensor((test["cell_type"] == "HepG2").to_numpy())
     for path in args.oracles:

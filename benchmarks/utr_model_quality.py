@@ -33,11 +33,7 @@ from svdd_lightning import PretrainedSampling, checkpoints  # noqa: E402
 from svdd_lightning.domains.utr.data import UTRDataModule, encode_rna  # noqa: E402
 from svdd_lightning.domains.utr.rewards import MinimumFreeEnergy, UpstreamAUGs  # noqa: E402
 from svdd_lightning.oracle_reward import OracleReward  # noqa: E402
-from svdd_lightning.sequence_metrics import GCContent, kmer_frequencies  # noqa: E402
-
-
-def kmer_pearson(a: list[str], b: list[str], k: int) -> float:
-    return float(torch.corrcoef(torch.stack([kmer_frequencies(a, k), kmer_frequencies(b, k)]))[0, 1])
+from svdd_lightning.sequence_metrics import GCContent, kmer_correlation  # noqa: E402
 
 
 def mean(values: list[float]) -> float:
@@ -100,9 +96,9 @@ def main() -> None:
         "copies_of_training_utrs": sum(s in set(train_all) for s in samples) / len(samples),
     }
     for k in (3, 4):
-        result["mdlm"][f"{k}mer_pearson_vs_test"] = {"samples": kmer_pearson(samples, test_seqs, k),
-                                                     "train_utrs": kmer_pearson(train_seqs, test_seqs, k),
-                                                     "shuffled_test": kmer_pearson(shuffled, test_seqs, k)}
+        result["mdlm"][f"{k}mer_pearson_vs_test"] = {"samples": kmer_correlation(samples, test_seqs, k),
+                                                     "train_utrs": kmer_correlation(train_seqs, test_seqs, k),
+                                                     "shuffled_test": kmer_correlation(shuffled, test_seqs, k)}
 
     measured = torch.tensor(test["mrl"].to_numpy(), dtype=torch.float64)
     scorers = {"oracle_mrl": OracleReward(args.oracle)}

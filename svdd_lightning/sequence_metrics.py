@@ -48,6 +48,15 @@ def read_fasta(path: str | Path) -> list[str]:
     return sequences
 
 
+def kmer_correlation(designs: list[str], reference: list[str], k: int = 3) -> float:
+    """Pearson correlation of the k-mer frequencies of two sets of sequences."""
+    return _pearson(kmer_frequencies(designs, k), kmer_frequencies(reference, k))
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+
 class KmerCorrelation:
     """Pearson correlation of k-mer frequencies of designs with those of reference sequences."""
 
@@ -57,8 +66,7 @@ class KmerCorrelation:
         self.name = name or f"{k}mer_pearson"
 
     def __call__(self, sequences: list[str]) -> float:
-        design = kmer_frequencies(sequences, self.k)
-        return float(torch.corrcoef(torch.stack([design, self.reference]))[0, 1])
+        return _pearson(kmer_frequencies(sequences, self.k), self.reference)
 
 
 class GCContent(RewardFunction):

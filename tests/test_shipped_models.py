@@ -1,6 +1,7 @@
 """The models shipped in checkpoints/: they load safely and SVDD-PM improves on pretrained sampling."""
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from svdd_lightning import SVDD, BestOfN, PosteriorMeanValue, PretrainedSampling, checkpoints
 from svdd_lightning.diffusion import MaskedDiffusion
 from svdd_lightning.oracle_reward import OracleReward
+from svdd_lightning.sequence_metrics import read_fasta
 
 ROOT = Path(__file__).resolve().parents[1]
 MDLM, REWARD, EVAL, VALUE = (ROOT / "checkpoints/dna" / name
@@ -59,3 +61,33 @@ def test_shipped_task_ordering_svdd_over_best_of_n_over_pretrained():
             medians[name] = (float(result.rewards.median()), float(torch.tensor(evaluation(result.samples)).median()))
     for k in range(2):
         assert medians["svdd"][k] > medians["best_of_n"][k] > medians["pretrained"][k], medians
+
+
+# --- the 5'UTR models -------------------------------------------------------------------------------
+UTR = ROOT / "checkpoints/utr"
+
+
+@pytest.mark.parametrize("name, metric", [("mdlm", "val/nelbo_bpt"), ("oracle_mrl", "val/pearson"),
+                                          ("value_mc_mrl", "val/mse"), ("value_mc_stability", "val/mse")])
+def test_shipped_utr_checkpoints_load_with_their_training_record(name, metric):
+    test_shipped_checkpoints_are_safetensors_with_their_training_record(UTR / name, metric)
+
+
+def test_shipped_mrl_oracle_tracks_measured_mrl_on_held_out_genes():
+    from torchmetrics.functional import pearson_corrcoef
+
+    headers = [line for line in gzip.open(ROOT / "assets/utr/test_utrs.fasta.gz", "rt") if line.startswith(">")]
+    measured = torch.tensor([float(h.split("mrl=")[1]) for h in headers])
+    predicted = torch.tensor(OracleReward(str(UTR / "oracle_mrl"))(read_fasta(ROOT / "assets/utr/test_utrs.fasta.gz")))
+    assert float(pearson_corrcoef(predicted, measured)) > 0.6
+
+
+def test_svdd_pm_raises_the_stability_of_shipped_utr_designs():
+    from svdd_lightning.domains.utr.rewards import MinimumFreeEnergy
+
+    model, reward = checkpoints.load(UTR / "mdlm"), MinimumFreeEnergy()
+    with torch.inference_mode():
+        pretrained = PretrainedSampling().sample(model, reward, generators(8)).samples
+        svdd = SVDD(PosteriorMeanValue(), num_candidates=4).sample(model, reward, generators(8)).samples
+    assert all(len(s) == 50 and set(s) <= set("ACGU") for s in pretrained + svdd)
+    assert torch.tensor(reward(svdd)).median() > torch.tensor(reward(pretrained)).median() + 3.0

@@ -82,8 +82,12 @@ def test_datamodule_reads_dna_letters_as_rna_and_splits_by_gene(utr_table):
     assert sum(len(d) for d in dm.datasets.values()) == 180
 
 
-def test_encode_rna_accepts_acgt_and_names_a_bad_symbol(tmp_path):
+def test_encode_rna_accepts_acgt_and_names_a_bad_symbol(tmp_path, tiny_utr_checkpoints):
     assert encode_rna(["ACGU", "acgt"]).tolist() == [[0, 1, 2, 3], [0, 1, 2, 3]]
+    model = checkpoints.load(tiny_utr_checkpoints["mdlm"])
+    dna = HAIRPIN.replace("U", "T")
+    assert model.encode([dna]).tolist() == model.encode([HAIRPIN]).tolist()
+    assert model.decode(model.encode([dna])) == [HAIRPIN]  # ACGT in, ACGU out
     with pytest.raises(ValueError, match="sequence 0 has symbol 'N'; UTR sequences must use only A, C, G, U"):
         encode_rna(["ACNU"])
     bad = tmp_path / "bad.csv"
