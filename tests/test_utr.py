@@ -213,7 +213,7 @@ def test_train_mrl_oracle_and_stability_value_network(utr_table, tiny_utr_checkp
     value_dir = tmp_path / "value"
     res = run_cli("train.py", "fit", "--config", "configs/utr/value_mc_stability.yaml",
                   "--data.init_args.model", str(tiny_utr_checkpoints["mdlm"]),
-                  "--data.init_args.num_rollouts", "32", "--data.init_args.val_rollouts", "8",
+                  "--data.init_args.num_rollouts", "32", "--data.init_args.val_rollouts", "16",
                   "--data.init_args.levels_per_rollout", "4", "--data.init_args.shard_size", "16",
                   "--data.init_args.batch_size", "32", "--data.init_args.cache_dir", str(tmp_path / "rollouts"),
                   "--model.init_args.network.init_args.channels", "[8]",
