@@ -78,7 +78,7 @@ def ancestral(run: Run, x: State, generators: list[torch.Generator],
     for level in range(run.model.num_steps):
         if on_level is not None:
             on_level(level, current.x)
-        x_next = run.model.propose(current.x, current.prediction, level, generators, 1)
+        x_next = run.propose(current.x, current.prediction, level, generators, 1)
         current = Candidates(run, x_next, level + 1, parent=(current.x, current.prediction))
     return current.x
 
@@ -125,7 +125,7 @@ class SVDD(Decoder):
         current = Candidates(run, model.initial_state(generators), 0)
         for level in range(model.num_steps):
             # 1. M proposals per sample from the pretrained model, one batched call
-            proposals = model.propose(current.x, current.prediction, level, generators, m)
+            proposals = run.propose(current.x, current.prediction, level, generators, m)
             parent = (repeat_rows(current.x, m), repeat_rows(current.prediction, m))
             candidates = Candidates(run, proposals, level + 1, parent=parent)
             # 2. soft values of the candidates
@@ -167,7 +167,7 @@ class SMC(Decoder):
         prev_value = self.value(current)
         log_w = torch.zeros(n, dtype=torch.float64)
         for level in range(model.num_steps):
-            proposals = model.propose(current.x, current.prediction, level, generators, 1)
+            proposals = run.propose(current.x, current.prediction, level, generators, 1)
             current = Candidates(run, proposals, level + 1, parent=(current.x, current.prediction))
             value = soft_value(self.value, current)
             log_w += (value.double() - prev_value.double()) / self.alpha
@@ -202,7 +202,7 @@ class DPS(Decoder):
                                          _normal_tensors(x), self.chunk_size)
             run.stats.denoiser_calls += len(generators)
             run.stats.gradient_calls += len(generators)
-            x = model.propose(x, prediction, level, generators, 1)
+            x = run.propose(x, prediction, level, generators, 1)
         return x
 
 

@@ -28,6 +28,9 @@ class DiffusionModel(nn.Module, ABC):
     #: False when the denoiser's output depends on the state only (MDLM without time conditioning):
     #: a row that did not change then reuses its last prediction instead of a new denoiser call.
     denoiser_uses_level: bool = True
+    #: Denoiser calls ``propose`` makes itself per proposed row (0 for ancestral samplers; 1 for a
+    #: predictor-corrector step whose second half needs the score at the corrected state).
+    proposal_denoiser_calls: int = 0
 
     @abstractmethod
     def initial_state(self, generators: Sequence[torch.Generator]) -> State:
@@ -44,7 +47,8 @@ class DiffusionModel(nn.Module, ABC):
         """Draw ``num_candidates`` states at level + 1 from p_pre(. | x) for every row of ``x``.
 
         Row b's candidates are rows b*M .. b*M+M-1 of the result and use only ``generators[b]``.
-        No denoiser call: ``prediction`` is ``denoise(x, level)``.
+        ``prediction`` is ``denoise(x, level)``; any further denoiser call per candidate is declared
+        in ``proposal_denoiser_calls`` (and counted by the decoders).
         """
 
     @abstractmethod

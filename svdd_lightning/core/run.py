@@ -63,6 +63,13 @@ class Run:
         self.stats.denoiser_calls += batch_size(x)
         return map_chunked(lambda s: self.model.denoise(s, level), x, self.chunk_size)
 
+    def propose(self, x: State, prediction: Prediction, level: int, generators: list[torch.Generator],
+                num_candidates: int) -> State:
+        """``model.propose``, counting the denoiser calls a proposal makes itself (e.g. a
+        predictor-corrector sampler's second score evaluation)."""
+        self.stats.denoiser_calls += batch_size(x) * num_candidates * self.model.proposal_denoiser_calls
+        return self.model.propose(x, prediction, level, generators, num_candidates)
+
     def score(self, x0: State) -> torch.Tensor:
         """Reward of clean states (decoded first), floored where the reward fails."""
         failures_before = self.reward.failures

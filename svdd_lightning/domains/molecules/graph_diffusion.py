@@ -1,0 +1,172 @@
+"""Score-based graph diffusion (GDSS) as a :class:`DiffusionModel` for the SVDD decoders.
+
+A state is a dict of batched tensors: node features ``x`` (B, N, F), adjacency ``adj`` (B, N, N)
+and the node mask ``flags`` (B, N). Every operation the decoders apply (repeat a row for its M
+candidates, index the chosen rows) acts on all three together, so a candidate always keeps its own
+molecule's node mask, whatever the sizes in the batch.
+
+Sampling follows GDSS's predictor-corrector sampler over ``num_steps`` times t_k from 1 to ``eps``:
+at each step a Langevin corrector move (signal-to-noise ``snr``, noise scaled by ``scale_eps``; its
+step size from each graph's own score and noise norms, where GDSS averages them over the batch),
+then a reverse-diffusion predictor move, for X and A jointly; the last step keeps the predictor's
+mean (no noise). One step costs two score evaluations: ``denoise`` gives the score at the current
+state (the corrector's and, through Tweedie, the value's), ``propose`` evaluates it once more at
+each corrected candidate (``proposal_denoiser_calls = 1``).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ...checkpoints import Configurable
+from ...core.model import DiffusionModel
+from .sde import SDE, VPSDE
+
+GraphState = dict[str, torch.Tensor]
+
+
+def mask_nodes(x: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+    """Zero the feature rows of absent nodes."""
+    return x * flags.unsqueeze(-1)
+
+
+def mask_adjacency(adj: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+    """Zero the rows and columns of absent nodes."""
+    return adj * flags.unsqueeze(-1) * flags.unsqueeze(-2)
+
+
+def symmetric_noise(shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    """Standard normal noise for an (N, N) adjacency: symmetric, zero diagonal."""
+    upper = torch.randn(shape, generator=generator).triu(1)
+    return upper + upper.transpose(-1, -2)
+
+
+class GraphDiffusion(Configurable, DiffusionModel):
+    """GDSS: node features and adjacency diffusing by their own SDEs, scored by two networks.
+
+    ``x_network(x, adj, flags)`` and ``adj_network(x, adj, flags)`` are GDSS's ScoreNetworkX and
+    ScoreNetworkA (no time input). As in GDSS, a VE component's score is the network output and a
+    VP component's is -output / s(t). ``num_nodes_probs[n - 1]`` is the probability of a molecule
+    with n atoms (the training set's node counts; the prior draws the size first). ``atoms`` names
+    the feature channels (decoding to molecules is the job of :mod:`.graphs`).
+    """
+
+    proposal_denoiser_calls = 1
+
+    def __init__(self, x_network: nn.Module, adj_network: nn.Module, x_sde: SDE, adj_sde: SDE,
+                 atoms: Sequence[str], num_nodes_probs: Sequence[float], num_steps: int = 1000,
+                 snr: float = 0.2, scale_eps: float = 0.7, eps: float = 1e-3) -> None:
+        super().__init__()
+        if abs(sum(num_nodes_probs) - 1.0) > 1e-4 or min(num_nodes_probs) < 0:
+            raise ValueError("GraphDiffusion.num_nodes_probs must be a probability vector over 1..max_nodes")
+        self.x_network, self.adj_network = x_network, adj_network
+        self.x_sde, self.adj_sde = x_sde, adj_sde
+        self.atoms = tuple(atoms)
+        self.max_nodes = len(num_nodes_probs)
+        self.register_buffer("num_nodes_probs", torch.tensor(num_nodes_probs, dtype=torch.float64), persistent=False)
+        self.num_steps, self.snr, self.scale_eps, self.eps = num_steps, snr, scale_eps, eps
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # --- time ----------------------------------------------------------------------------------------
+    def time(self, level: int) -> float:
+        """t_k on GDSS's grid linspace(1, eps, num_steps); the clean level has t = 0."""
+        if level >= self.num_steps:
+            return 0.0
+        return 1.0 - level * (1.0 - self.eps) / max(self.num_steps - 1, 1)
+
+    def _times(self, level: int, n: int) -> torch.Tensor:
+        return torch.full((n,), self.time(level))
+
+    # --- the chain -------------------------------------------------------------------------------------
+    def initial_state(self, generators: Sequence[torch.Generator]) -> GraphState:
+        n, f = self.max_nodes, len(self.atoms)
+        sizes = [int(torch.multinomial(self.num_nodes_probs, 1, generator=g)) + 1 for g in generators]
+        flags = torch.stack([(torch.arange(n) < size).float() for size in sizes])
+        x = torch.stack([torch.randn((n, f), generator=g) for g in generators]) * self.x_sde.prior_std()
+        adj = torch.stack([symmetric_noise((n, n), g) for g in generators]) * self.adj_sde.prior_std()
+        return {"x": mask_nodes(x, flags), "adj": mask_adjacency(adj, flags), "flags": flags}
+
+    def _scores(self, state: GraphState, t: torch.Tensor) -> GraphState:
+        device = self._device()
+        x, adj, flags = (state[k].to(device) for k in ("x", "adj", "flags"))
+        scores = {}
+        for key, network, sde in (("x", self.x_network, self.x_sde), ("adj", self.adj_network, self.adj_sde)):
+            out = network(x, adj, flags).float().cpu()
+            if isinstance(sde, VPSDE):
+                out = -out / sde.marginal(t)[1].view(-1, *([1] * (out.dim() - 1)))
+            scores[key] = out
+        return scores
+
+    def denoise(self, x: GraphState, level: int) -> GraphState:
+        """The scores of X and A at the state's time (one evaluation of each network per row)."""
+        return self._scores(x, self._times(level, x["flags"].shape[0]))
+
+    def propose(self, x: GraphState, prediction: GraphState, level: int, generators: Sequence[torch.Generator],
+                num_candidates: int) -> GraphState:
+        m, b = num_candidates, x["flags"].shape[0]
+        state = {k: v.repeat_interleave(m, dim=0) for k, v in x.items()}
+        scores = {k: prediction[k].repeat_interleave(m, dim=0) for k in ("x", "adj")}
+        flags, t = state["flags"], self._times(level, b * m)
+        noise = self._noise(generators, m, 2)
+        # Langevin corrector with the score at the current state
+        state = self._langevin(state, scores, t, noise[0])
+        # reverse-diffusion predictor with the score at the corrected state
+        scores = self._scores(state, t)
+        last = level == self.num_steps - 1
+        out = {"flags": flags}
+        for key, sde in (("x", self.x_sde), ("adj", self.adj_sde)):
+            mean, std = sde.reverse_step(state[key], scores[key], t)
+            out[key] = mean if last else mean + std * noise[1][key]
+        out["x"], out["adj"] = mask_nodes(out["x"], flags), mask_adjacency(out["adj"], flags)
+        return out
+
+    def _noise(self, generators: Sequence[torch.Generator], m: int, moves: int) -> list[GraphState]:
+        """Per move, standard noise for X and (symmetric) A; candidate j of row b uses generators[b]."""
+        n, f = self.max_nodes, len(self.atoms)
+        draws = [[({"x": torch.randn((n, f), generator=g), "adj": symmetric_noise((n, n), g)})
+                  for _ in range(m * moves)] for g in generators]
+        return [{key: torch.stack([row[j * moves + move][key] for row in draws for j in range(m)])
+                 for key in ("x", "adj")} for move in range(moves)]
+
+    def _langevin(self, state: GraphState, scores: GraphState, t: torch.Tensor, noise: GraphState) -> GraphState:
+        flags = state["flags"]
+        out = {"flags": flags}
+        for key, sde in (("x", self.x_sde), ("adj", self.adj_sde)):
+            z = mask_nodes(noise[key], flags) if key == "x" else mask_adjacency(noise[key], flags)
+            grad = scores[key]
+            # GDSS averages the norms over the batch; per graph, a sample does not depend on its batch
+            grad_norm, noise_norm = grad.flatten(1).norm(dim=1), z.flatten(1).norm(dim=1)
+            step = (self.snr * noise_norm / grad_norm.clamp_min(1e-12)) ** 2 * 2 * sde.langevin_alpha(t)
+            step = step.view(-1, *([1] * (grad.dim() - 1)))
+            out[key] = state[key] + step * grad + (2 * step).sqrt() * z * self.scale_eps
+        out["x"], out["adj"] = mask_nodes(out["x"], flags), mask_adjacency(out["adj"], flags)
+        return out
+
+    # --- values and samples ----------------------------------------------------------------------------
+    def x0_hat(self, x: GraphState, prediction: GraphState, level: int) -> GraphState:
+        """Tweedie's E[x_0 | x_t] for X and A at the state's own time, masked by its own flags."""
+        t, flags = self._times(level, x["flags"].shape[0]), x["flags"]
+        return {"x": mask_nodes(self.x_sde.tweedie(x["x"], prediction["x"], t), flags),
+                "adj": mask_adjacency(self.adj_sde.tweedie(x["adj"], prediction["adj"], t), flags),
+                "flags": flags}
+
+    def forward_noise(self, x0: GraphState, level: int, generators: Sequence[torch.Generator]) -> GraphState:
+        """x_t = m(t) x_0 + s(t) z for X and (symmetric) A."""
+        t = self._times(level, x0["flags"].shape[0])
+        noise = self._noise(generators, 1, 1)[0]
+        out = {"flags": x0["flags"]}
+        for key, sde in (("x", self.x_sde), ("adj", self.adj_sde)):
+            mean, std = (v.view(-1, 1, 1) for v in sde.marginal(t))
+            out[key] = mean * x0[key] + std * noise[key]
+        out["x"], out["adj"] = mask_nodes(out["x"], x0["flags"]), mask_adjacency(out["adj"], x0["flags"])
+        return out
+
+    def decode(self, x0: GraphState) -> list[str]:
+        """Canonical SMILES of each graph ("" when it is not a valid molecule)."""
+        from .graphs import graphs_to_molecules, to_smiles
+
+        return to_smiles(graphs_to_molecules(x0["x"], x0["adj"], x0["flags"], self.atoms))
