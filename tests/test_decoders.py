@@ -173,3 +173,21 @@ def test_bad_arguments_raise_value_error_naming_the_field(make, field):
 def test_unknown_resampling_scheme_is_rejected_at_construction():
     with pytest.raises(ValueError, match="SMC.resampling"):
         SMC(PosteriorMeanValue(), resampling="residual")
+
+
+def test_identical_samples_in_one_call_are_scored_once(model):
+    """SVDD-PM's candidates that unmasked nothing share their x0_hat: the reward sees each once."""
+    seen = []
+
+    def reward(samples):
+        seen.extend(samples)
+        return GCCount()(samples)
+
+    m = 6
+    result = SVDD(PosteriorMeanValue(), num_candidates=m).sample(model, reward, generators(4))
+    per_sample = result.stats.per_sample(4)["reward_calls"]
+    assert len(seen) == result.stats.reward_calls  # counts are calls the reward really served
+    assert per_sample < m * STEPS + 1  # some candidates shared their x0_hat
+    # a reward without the counting wrapper gives the same designs and rewards
+    again = SVDD(PosteriorMeanValue(), num_candidates=m).sample(model, GCCount(), generators(4))
+    assert again.samples == result.samples and torch.equal(again.rewards, result.rewards)

@@ -8,7 +8,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from .model import DiffusionModel, Prediction
 from .reward import Reward
-from .state import State, batch_size, index_rows, map_chunked
+from .state import State, batch_size, index_rows, map_chunked, slice_rows
 
 
 @dataclass
@@ -71,12 +71,25 @@ class Run:
         return self.model.propose(x, prediction, level, generators, num_candidates)
 
     def score(self, x0: State) -> torch.Tensor:
-        """Reward of clean states (decoded first), floored where the reward fails."""
+        """Reward of clean states (decoded first), floored where the reward fails.
+
+        Identical decoded samples in one call (hashable ones: strings, SMILES) are scored once:
+        SVDD's candidates often share their x0_hat, e.g. every candidate that unmasked nothing.
+        """
+        n, step = batch_size(x0), self.chunk_size or batch_size(x0)
+        samples = [s for i in range(0, n, step) for s in self.model.decode(slice_rows(x0, i, min(i + step, n)))]
+        try:
+            distinct = list(dict.fromkeys(samples))
+        except TypeError:  # unhashable samples (tensors): score every one
+            distinct = samples
         failures_before = self.reward.failures
-        values = map_chunked(lambda rows: self.reward(self.model.decode(rows)), x0, self.chunk_size)
-        self.stats.reward_calls += batch_size(x0)
+        values = torch.cat([self.reward(distinct[i: i + step]) for i in range(0, len(distinct), step)])
+        self.stats.reward_calls += len(distinct)
         self.stats.reward_failures += self.reward.failures - failures_before
-        return values
+        if distinct is samples:
+            return values
+        scores = dict(zip(distinct, values.tolist()))
+        return torch.tensor([scores[s] for s in samples], dtype=torch.float32)
 
 
 class Candidates:
