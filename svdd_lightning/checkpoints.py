@@ -24,7 +24,8 @@ class Configurable:
 
     def __new__(cls, *args: Any, **kwargs: Any):
         obj = super().__new__(cls)
-        bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+        # bind_partial: copy and pickle create the object without arguments, then restore __dict__
+        bound = inspect.signature(cls.__init__).bind_partial(None, *args, **kwargs)
         bound.apply_defaults()
         obj._init_args = {k: v for k, v in list(bound.arguments.items())[1:]}
         return obj

@@ -33,7 +33,8 @@ def tiny_model(num_steps: int = 5, x_sde=None, adj_sde=None) -> GraphDiffusion:
     x_sde, adj_sde = x_sde or VESDE(0.1, 1.0, num_steps), adj_sde or VESDE(0.1, 1.0, num_steps)
     target_x, target_adj = torch.rand(N, len(ATOMS)), torch.rand(N, N)
     return GraphDiffusion(PointMassScore("x", target_x, x_sde), PointMassScore("adj", target_adj + target_adj.T, adj_sde),
-                          x_sde, adj_sde, ATOMS, [0.0, 0.2, 0.3, 0.0, 0.3, 0.2], num_steps=num_steps)
+                          x_sde, adj_sde, ATOMS, N, [0.0, 0.2, 0.3, 0.0, 0.3, 0.2],
+                          num_steps=num_steps)
 
 
 def mixed_size_state(model: GraphDiffusion, sizes=(2, 5, 3)) -> dict:

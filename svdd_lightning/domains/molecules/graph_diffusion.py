@@ -49,24 +49,33 @@ class GraphDiffusion(Configurable, DiffusionModel):
     ``x_network(x, adj, flags)`` and ``adj_network(x, adj, flags)`` are GDSS's ScoreNetworkX and
     ScoreNetworkA (no time input). As in GDSS, a VE component's score is the network output and a
     VP component's is -output / s(t). ``num_nodes_probs[n - 1]`` is the probability of a molecule
-    with n atoms (the training set's node counts; the prior draws the size first). ``atoms`` names
+    with n atoms (the training set's sizes, set by the pretraining module; the prior draws the size
+    first). ``atoms`` names
     the feature channels (decoding to molecules is the job of :mod:`.graphs`).
     """
 
     proposal_denoiser_calls = 1
 
     def __init__(self, x_network: nn.Module, adj_network: nn.Module, x_sde: SDE, adj_sde: SDE,
-                 atoms: Sequence[str], num_nodes_probs: Sequence[float], num_steps: int = 1000,
-                 snr: float = 0.2, scale_eps: float = 0.7, eps: float = 1e-3) -> None:
+                 atoms: Sequence[str], max_nodes: int, num_nodes_probs: Sequence[float] | None = None,
+                 num_steps: int = 1000, snr: float = 0.2, scale_eps: float = 0.7, eps: float = 1e-3) -> None:
         super().__init__()
-        if abs(sum(num_nodes_probs) - 1.0) > 1e-4 or min(num_nodes_probs) < 0:
-            raise ValueError("GraphDiffusion.num_nodes_probs must be a probability vector over 1..max_nodes")
         self.x_network, self.adj_network = x_network, adj_network
         self.x_sde, self.adj_sde = x_sde, adj_sde
-        self.atoms = tuple(atoms)
-        self.max_nodes = len(num_nodes_probs)
-        self.register_buffer("num_nodes_probs", torch.tensor(num_nodes_probs, dtype=torch.float64), persistent=False)
+        self.atoms, self.max_nodes = tuple(atoms), max_nodes
+        self.num_nodes_probs: torch.Tensor | None = None
+        if num_nodes_probs is not None:
+            self.set_num_nodes_probs(num_nodes_probs)
         self.num_steps, self.snr, self.scale_eps, self.eps = num_steps, snr, scale_eps, eps
+
+    def set_num_nodes_probs(self, probs: Sequence[float]) -> None:
+        """Set the prior's molecule-size distribution (e.g. from the training set; saved with the model)."""
+        probs = [float(p) for p in probs]
+        if len(probs) != self.max_nodes or min(probs) < 0 or abs(sum(probs) - 1.0) > 1e-4:
+            raise ValueError(f"GraphDiffusion.num_nodes_probs must be {self.max_nodes} probabilities (sizes 1.."
+                             f"{self.max_nodes}) summing to 1")
+        self.num_nodes_probs = torch.tensor(probs, dtype=torch.float64)
+        self._init_args["num_nodes_probs"] = probs
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device
@@ -83,6 +92,8 @@ class GraphDiffusion(Configurable, DiffusionModel):
 
     # --- the chain -------------------------------------------------------------------------------------
     def initial_state(self, generators: Sequence[torch.Generator]) -> GraphState:
+        if self.num_nodes_probs is None:
+            raise ValueError("GraphDiffusion.num_nodes_probs is not set: give the training set's molecule sizes")
         n, f = self.max_nodes, len(self.atoms)
         sizes = [int(torch.multinomial(self.num_nodes_probs, 1, generator=g)) + 1 for g in generators]
         flags = torch.stack([(torch.arange(n) < size).float() for size in sizes])

@@ -1,0 +1,1 @@
+"""Molecules: graph diffusion (GDSS), RDKit rewards, graph value networks."""
