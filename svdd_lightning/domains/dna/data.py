@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import lightning as L
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
+from ...lightning.splits import SplitDataModule
 from ...sequences import encode
 
 ALPHABET = "ACGT"
@@ -64,24 +64,24 @@ class RegionSelection:
         return frame[keep]
 
 
-class DNARegionsDataModule(L.LightningDataModule):
+class DNARegionsDataModule(SplitDataModule):
     """Batches of (tokens, label) with label = 1 for the ``positive`` cell type (0 if none is given).
 
     The same module feeds the diffusion pretraining (labels unused) and the oracles.
     """
 
+    splits = ("train", "val", "test")  # named like its constructor's selections
+
     def __init__(self, path: str, cell_types: list[str] | None = None, positive: str | None = None,
                  train: RegionSelection | None = None, val: RegionSelection | None = None,
                  test: RegionSelection | None = None, batch_size: int = 128, num_workers: int = 0) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         self.path, self.cell_types, self.positive = path, cell_types, positive
         self.selections = {
             "train": train or RegionSelection(["train"]),
             "val": val or RegionSelection(["validation"]),
             "test": test or RegionSelection(["test"]),
         }
-        self.batch_size, self.num_workers = batch_size, num_workers
-        self.datasets: dict[str, TensorDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -101,16 +101,3 @@ class DNARegionsDataModule(L.LightningDataModule):
             tokens = encode_dna(rows["sequence"].tolist())
             labels = torch.tensor((rows["cell_type"] == self.positive).to_numpy(), dtype=torch.float32)
             self.datasets[name] = TensorDataset(tokens, labels)
-
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, drop_last=shuffle)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)

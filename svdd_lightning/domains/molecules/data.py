@@ -10,11 +10,11 @@ import hashlib
 from pathlib import Path
 from typing import Sequence
 
-import lightning as L
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
+from ...lightning.splits import SplitDataModule
 from .graphs import smiles_to_graph
 
 SPLITS = ("train", "validation", "test")
@@ -52,21 +52,20 @@ def node_count_distribution(flags: torch.Tensor, max_nodes: int) -> list[float]:
     return (counts / counts.sum()).tolist()
 
 
-class MoleculeDataModule(L.LightningDataModule):
+class MoleculeDataModule(SplitDataModule):
     """Batches of dense graphs (x, adj, flags) from a SMILES CSV, split by a seeded hash."""
 
     def __init__(self, path: str, atoms: Sequence[str] = ("C", "N", "O", "F"), max_nodes: int = 9,
                  val_fraction: float = 0.05, test_fraction: float = 0.1, split_seed: int = 0,
                  batch_size: int = 1024, num_workers: int = 0, smiles_column: str = "SMILES") -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
             raise ValueError(f"data.val_fraction + data.test_fraction must be in [0, 1), got {val_fraction} + "
                              f"{test_fraction}")
         self.path, self.atoms, self.max_nodes = path, tuple(atoms), max_nodes
         self.fractions, self.split_seed = (val_fraction, test_fraction), split_seed
-        self.batch_size, self.num_workers, self.smiles_column = batch_size, num_workers, smiles_column
+        self.smiles_column = smiles_column
         self.smiles: dict[str, list[str]] = {}
-        self.datasets: dict[str, TensorDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -82,16 +81,3 @@ class MoleculeDataModule(L.LightningDataModule):
     def node_count_distribution(self) -> list[float]:
         self.setup()
         return node_count_distribution(self.datasets["train"].tensors[2], self.max_nodes)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, drop_last=shuffle)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import lightning as L
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
+from ...lightning.splits import SplitDataModule
 from ...sequences import encode
 
 ALPHABET = "ACGU"
@@ -61,7 +61,7 @@ def read_utrs(path: str | Path, sequence_column: str = "utr", target_column: str
     return frame
 
 
-class UTRDataModule(L.LightningDataModule):
+class UTRDataModule(SplitDataModule):
     """Batches of (tokens over ACGU, target) with a gene-wise train / validation / test split.
 
     The same module feeds the diffusion pretraining (targets unused) and the MRL oracle.
@@ -70,12 +70,11 @@ class UTRDataModule(L.LightningDataModule):
     def __init__(self, path: str, sequence_column: str = "utr", target_column: str = "mrl",
                  group_column: str = "gene_symbol", val_fraction: float = 0.1, test_fraction: float = 0.1,
                  split_seed: int = 0, batch_size: int = 128, num_workers: int = 0) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         self.path = path
         self.columns = (sequence_column, target_column, group_column)
         self.fractions = (val_fraction, test_fraction)
-        self.split_seed, self.batch_size, self.num_workers = split_seed, batch_size, num_workers
-        self.datasets: dict[str, TensorDataset] = {}
+        self.split_seed = split_seed
 
     def split_frame(self) -> pd.DataFrame:
         """The table with a ``split`` column (train / validation / test)."""
@@ -96,16 +95,3 @@ class UTRDataModule(L.LightningDataModule):
             tokens = encode_rna(rows[sequence_column].tolist())
             targets = torch.tensor(rows[target_column].to_numpy(), dtype=torch.float32)
             self.datasets[split] = TensorDataset(tokens, targets)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, drop_last=shuffle)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
