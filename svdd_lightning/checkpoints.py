@@ -79,8 +79,12 @@ def save(module: nn.Module, directory: str | Path, metadata: dict | None = None)
     return directory
 
 
-def load(directory: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a module saved with :func:`save`; it comes back in eval mode."""
+def load(directory: str | Path, map_location: str | torch.device = "cpu", overrides: dict | None = None) -> nn.Module:
+    """Rebuild a module saved with :func:`save`; it comes back in eval mode.
+
+    ``overrides`` replaces top-level constructor arguments that hold no weights, e.g.
+    ``{"num_steps": 200}`` to sample a diffusion model on a coarser time grid.
+    """
     directory = Path(directory)
     config_path, weights_path = directory / "config.json", directory / "model.safetensors"
     for path in (config_path, weights_path):
@@ -89,6 +93,12 @@ def load(directory: str | Path, map_location: str | torch.device = "cpu") -> nn.
                                     f"svdd_lightning.checkpoints.save or the export of train.py fit)")
     config = json.loads(config_path.read_text())
     config.pop("metadata", None)
+    if overrides:
+        unknown = sorted(set(overrides) - set(config.get("init_args", {})))
+        if unknown:
+            raise ValueError(f"model_args: {unknown} are not constructor arguments of {config['class_path']}; "
+                             f"known: {sorted(config.get('init_args', {}))}")
+        config["init_args"] = {**config["init_args"], **overrides}
     module = build(config)
     module.load_state_dict(load_file(str(weights_path), device=str(map_location)))
     return module.eval()

@@ -74,13 +74,18 @@ class PretrainedSampling(Decoder):
 def ancestral(run: Run, x: State, generators: list[torch.Generator],
               on_level: Callable[[int, State], None] | None = None) -> State:
     """Run the pretrained chain from level 0 to the clean level; ``on_level(k, x_k)`` sees every state."""
-    current = Candidates(run, x, 0)
-    for level in range(run.model.num_steps):
+    return advance(run, Candidates(run, x, 0), run.model.num_steps, generators, on_level).x
+
+
+def advance(run: Run, current: Candidates, stop: int, generators: list[torch.Generator],
+            on_level: Callable[[int, State], None] | None = None) -> Candidates:
+    """Step the pretrained chain (one proposal per row, row b from ``generators[b]``) up to level ``stop``."""
+    for level in range(current.level, stop):
         if on_level is not None:
             on_level(level, current.x)
         x_next = run.propose(current.x, current.prediction, level, generators, 1)
         current = Candidates(run, x_next, level + 1, parent=(current.x, current.prediction))
-    return current.x
+    return current
 
 
 class BestOfN(Decoder):
@@ -107,27 +112,38 @@ class SVDD(Decoder):
     score them with the soft value, keep the argmax (alpha = 0) or sample from softmax(v / alpha).
     ``value`` is SVDD-PM's :class:`PosteriorMeanValue` or SVDD-MC's :class:`NetworkValue`; at the
     last step the candidates are clean and are scored with the reward itself.
+
+    ``select_every = K > 1`` selects every K steps instead: each candidate runs K pretrained steps
+    (a draw from p_pre(x_{k+K} | x_k)) before it is scored. The denoiser cost stays M per step; the
+    value (for SVDD-PM, the reward) is evaluated K times less often, for rewards too slow to call at
+    every step (docking, simulators).
     """
 
-    def __init__(self, value: Value, num_candidates: int = 10, alpha: float = 0.0,
+    def __init__(self, value: Value, num_candidates: int = 10, alpha: float = 0.0, select_every: int = 1,
                  chunk_size: int | None = None) -> None:
         super().__init__(chunk_size)
         if num_candidates < 1:
             raise ValueError(f"SVDD.num_candidates must be >= 1, got {num_candidates}")
         if alpha < 0:
             raise ValueError(f"SVDD.alpha must be >= 0 (0 = argmax), got {alpha}")
+        if select_every < 1:
+            raise ValueError(f"SVDD.select_every must be >= 1 (1 = select at every step), got {select_every}")
         self.value = value
         self.num_candidates = num_candidates
         self.alpha = alpha
+        self.select_every = select_every
 
     def _decode(self, run: Run, generators: list[torch.Generator]) -> State:
         model, m = run.model, self.num_candidates
         current = Candidates(run, model.initial_state(generators), 0)
-        for level in range(model.num_steps):
+        for level in range(0, model.num_steps, self.select_every):
             # 1. M proposals per sample from the pretrained model, one batched call
             proposals = run.propose(current.x, current.prediction, level, generators, m)
             parent = (repeat_rows(current.x, m), repeat_rows(current.prediction, m))
             candidates = Candidates(run, proposals, level + 1, parent=parent)
+            stop = min(level + self.select_every, model.num_steps)
+            if stop > level + 1:  # each candidate goes on alone to the next selection level
+                candidates = advance(run, candidates, stop, spawn_generators(generators, m))
             # 2. soft values of the candidates
             values = soft_value(self.value, candidates).view(-1, m)
             # 3. selection: argmax, or softmax(v / alpha)

@@ -55,6 +55,11 @@ class DiffusionModel(nn.Module, ABC):
     def x0_hat(self, x: State, prediction: Prediction, level: int) -> State:
         """Point estimate of the clean state E[x_0 | x_k] (posterior mean / mode), in state form."""
 
+    def x0_estimate(self, x: State, prediction: Prediction, level: int, num_steps: int) -> State:
+        """x_0 reached from ``x`` by ``num_steps`` deterministic denoising steps (DDIM with eta = 0, the
+        probability-flow ODE); the first step uses ``prediction``, each further one a denoiser call."""
+        raise NotImplementedError(f"{type(self).__name__} has no multi-step deterministic x_0 estimate")
+
     @abstractmethod
     def decode(self, x0: State) -> list:
         """Clean states -> samples the reward understands (strings, images, molecules)."""

@@ -8,6 +8,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .state import batch_size
+
 log = logging.getLogger(__name__)
 
 RewardFn = Callable[[Sequence[Any]], Sequence[float]]
@@ -112,6 +114,34 @@ class WeightedSum(RewardFunction):
             total += self.weights[key] * torch.tensor([math.nan if v is None else float(v) for v in fn(samples)],
                                                       dtype=torch.float64)
         return total.tolist()
+
+
+class ProxyGuided(RewardFunction):
+    """A reward paired with a differentiable proxy network, for gradient guidance (DPS).
+
+    Decoding, selection and evaluation call ``reward`` on decoded samples; DPS follows the gradient
+    of ``proxy(x, t)`` at time ``time`` on relaxed clean states (x0_hat), e.g. SVDD-MC's value network
+    at t = 0, or a network regressed on the reward. ``proxy`` is a module or a checkpoint directory.
+    """
+
+    def __init__(self, reward: RewardFunction, proxy: Any, time: float = 0.0) -> None:
+        if isinstance(proxy, str):
+            from ..checkpoints import load
+
+            proxy = load(proxy)
+        self.reward, self.proxy, self.time = reward, proxy.eval().requires_grad_(False), float(time)
+        self.name = getattr(reward, "name", "reward")
+
+    def __call__(self, samples: Sequence[Any]) -> Sequence[float]:
+        return self.reward(samples)
+
+    def relaxed(self, x0: Any) -> torch.Tensor:
+        """The proxy's value of relaxed clean states, differentiable in them."""
+        return self.proxy(x0, torch.full((batch_size(x0),), self.time))
+
+    def to(self, device: Any) -> "ProxyGuided":
+        self.proxy.to(device)
+        return self
 
 
 def as_reward(reward: Reward | RewardFn, floor: float = 0.0) -> Reward:

@@ -113,8 +113,17 @@ class Candidates:
             self._prediction = self.run.denoise(self.x, self.level, reuse=self._parent)
         return self._prediction
 
-    def x0_hat(self) -> State:
-        return self.x if self.is_clean else self.run.model.x0_hat(self.x, self.prediction, self.level)
+    def x0_hat(self, num_steps: int = 1) -> State:
+        """The posterior mean E[x_0 | x_k], or with ``num_steps`` > 1 the end of that many deterministic
+        denoising steps (each step after the first is one denoiser call per row, counted)."""
+        if self.is_clean:
+            return self.x
+        model = self.run.model
+        if num_steps == 1:
+            return model.x0_hat(self.x, self.prediction, self.level)
+        self.run.stats.denoiser_calls += batch_size(self.x) * (num_steps - 1)
+        return map_chunked(lambda rows: model.x0_estimate(rows[0], rows[1], self.level, num_steps),
+                           (self.x, self.prediction), self.run.chunk_size)
 
     def time(self) -> torch.Tensor:
         return torch.full((batch_size(self.x),), self.run.model.time(self.level))

@@ -41,15 +41,19 @@ class DecodingModule(L.LightningModule):
         metrics: name -> per-sample evaluation (independent oracle, ELBO), not used for decoding.
         reward_floor: reward given to samples the reward cannot score (it raised or gave NaN).
         seed: base seed; sample i of method m uses a generator seeded from (seed, m, i).
+        model_args: constructor arguments of the checkpoint replaced for this run (sampler
+            settings such as ``num_steps``), see :func:`svdd_lightning.checkpoints.load`.
     """
 
     def __init__(self, model: str | DiffusionModel, reward: RewardFunction,
                  methods: dict[str, Decoder], metrics: dict[str, SampleMetric] | None = None,
-                 reward_floor: float = 0.0, seed: int = 0) -> None:
+                 reward_floor: float = 0.0, seed: int = 0, model_args: dict | None = None) -> None:
         super().__init__()
         if not methods:
             raise ValueError("model.methods: name at least one decoding method")
-        self.model = checkpoints.load(model) if isinstance(model, str) else model
+        if model_args and not isinstance(model, str):
+            raise ValueError("model.model_args applies to a checkpoint path; set the arguments on the model object")
+        self.model = checkpoints.load(model, overrides=model_args) if isinstance(model, str) else model
         self.model.eval().requires_grad_(False)
         self.reward = Reward(reward, floor=reward_floor)
         self.methods = methods

@@ -6,8 +6,8 @@ reward r(x_0). Remark 1's cheaper alternative noises given clean samples with q(
 
 Rollout i draws everything (its chain and its kept levels) from a generator seeded by
 (seed, source, i) alone, so the data of rollout i do not depend on batching, sharding or the number
-of processes. The two functions accept pytree states; :class:`RolloutDataModule` (its shard files
-and datasets) takes single-tensor states only: pytree states (graphs) there are future work.
+of processes. States are tensors or dicts of tensors (a graph's features, adjacency and mask); shard
+files store a dict state's leaves as ``<key>.<leaf>``.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils._pytree import tree_map
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from .. import checkpoints
 from ..core.decoders import ancestral
@@ -161,12 +161,14 @@ class RolloutDataModule(L.LightningDataModule):
             sequences of ``samples`` with q(x_t | x_0); sample i plays the part of rollout i).
         samples: FASTA file of clean sequences, for ``source: forward_noising``.
         chunk_size: at most this many rows per denoiser call during rollouts.
+        model_args: constructor arguments of the checkpoint replaced for the rollouts (e.g.
+            ``num_steps``: roll out the chain the decoder will run).
     """
 
     def __init__(self, model: str, reward: RewardFunction, num_rollouts: int = 4096, val_rollouts: int = 512,
                  levels_per_rollout: int = 16, shard_size: int = 256, cache_dir: str | None = None, seed: int = 0,
                  batch_size: int = 256, reward_floor: float = 0.0, source: str = "rollouts",
-                 samples: str | None = None, chunk_size: int | None = None) -> None:
+                 samples: str | None = None, chunk_size: int | None = None, model_args: dict | None = None) -> None:
         super().__init__()
         if shard_size < 1 or batch_size < 1:
             raise ValueError(f"data.shard_size and data.batch_size must be >= 1, got {shard_size} and {batch_size}")
@@ -184,7 +186,7 @@ class RolloutDataModule(L.LightningDataModule):
         self.levels_per_rollout, self.shard_size = levels_per_rollout, shard_size
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.seed, self.batch_size, self.source, self.samples = seed, batch_size, source, samples
-        self.chunk_size = chunk_size
+        self.chunk_size, self.model_args = chunk_size, model_args
         self.pretrained: DiffusionModel | None = None
         self._clean: Tensor | None = None
         self._data: dict[str, dict[str, Tensor]] = {}
@@ -216,7 +218,7 @@ class RolloutDataModule(L.LightningDataModule):
         start = (0 if split == "train" else self.num_rollouts) + shard * self.shard_size
         return list(range(start, start + self.shard_size))
 
-    def split_data(self, split: str, rank: int = 0, world_size: int = 1) -> dict[str, Tensor]:
+    def split_data(self, split: str, rank: int = 0, world_size: int = 1) -> dict[str, State]:
         """The pairs of the shards that ``rank`` owns (k % world_size == rank), concatenated."""
         if any(self.num_shards(name) % world_size for name in SPLITS):
             raise ValueError(f"data: {self.num_shards('train')} train and {self.num_shards('val')} val shards "
@@ -224,12 +226,12 @@ class RolloutDataModule(L.LightningDataModule):
         if self.cache_dir is not None:
             self._check_manifest()
         shards = [self._shard(split, k) for k in range(rank, self.num_shards(split), world_size)]
-        return {key: torch.cat([s[key] for s in shards]) for key in shards[0]}
+        return {key: concat_rows([s[key] for s in shards]) for key in shards[0]}
 
     def _shard(self, split: str, k: int) -> dict[str, Tensor]:
         path = self.cache_dir / f"{split}-{k:05d}.safetensors" if self.cache_dir is not None else None
         if path is not None and path.is_file():
-            return load_file(str(path))
+            return _unflatten(load_file(str(path)))
         start = time.perf_counter()
         indices = self.shard_indices(split, k)
         model = self._load_pretrained()
@@ -239,17 +241,17 @@ class RolloutDataModule(L.LightningDataModule):
             clean = self._clean_samples()[indices[0]: indices[-1] + 1]
             data = forward_noised_pairs(model, self.reward, clean, indices, self.seed, self.levels_per_rollout)
         if path is not None:
-            _atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in data.items()}, str(tmp)))
+            _atomic_write(path, lambda tmp: save_file(_flatten_leaves(data), str(tmp)))
         seconds = max(time.perf_counter() - start, 1e-9)
         print(f"{self.source}: {split} shard {k} ({len(indices)} rollouts, {len(data['t'])} pairs) in {seconds:.1f} s, "
               f"{len(indices) / seconds:.1f} rollouts/s", file=sys.stderr, flush=True)
         return data
 
-    def _dataset(self, split: str) -> TensorDataset:
+    def _dataset(self, split: str) -> "PairDataset":
         if split not in self._data:
             raise RuntimeError(f"RolloutDataModule: the {split} data are not set up; call setup() first")
         data = self._data[split]
-        return TensorDataset(*(data[key] for key in BATCH_KEYS if key in data))
+        return PairDataset([data[key] for key in BATCH_KEYS if key in data])
 
     # --- helpers ----------------------------------------------------------------------------------
     def _rank_and_world(self) -> tuple[int, int]:
@@ -267,7 +269,8 @@ class RolloutDataModule(L.LightningDataModule):
         """
         if self.pretrained is None:
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-            self.pretrained = checkpoints.load(self.model_path, map_location=device).eval().requires_grad_(False)
+            self.pretrained = checkpoints.load(self.model_path, map_location=device, overrides=self.model_args)
+            self.pretrained.eval().requires_grad_(False)
             if callable(getattr(self.reward.fn, "to", None)):
                 self.reward.fn.to(device)
         return self.pretrained
@@ -290,7 +293,7 @@ class RolloutDataModule(L.LightningDataModule):
     def _manifest(self) -> dict:
         return {"format": FORMAT, "seed": self.seed, "levels_per_rollout": self.levels_per_rollout, "shard_size": self.shard_size,
                 "num_rollouts": self.num_rollouts, "source": self.source,
-                "model": str(Path(self.model_path).resolve()),
+                "model": str(Path(self.model_path).resolve()), "model_args": self.model_args,
                 "samples": None if self.samples is None else str(Path(self.samples).resolve()),
                 "reward": self.reward.name, "reward_floor": self.reward.floor}
 
@@ -307,6 +310,39 @@ class RolloutDataModule(L.LightningDataModule):
             return
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n"))
+
+
+class PairDataset(Dataset):
+    """Rows of aligned fields (tensors or dicts of tensors), one tuple of fields per pair."""
+
+    def __init__(self, fields: list[State]) -> None:
+        self.fields = fields
+
+    def __len__(self) -> int:
+        return batch_size(self.fields[0])
+
+    def __getitem__(self, i: int) -> tuple:
+        return tuple(tree_map(lambda t: t[i], f) for f in self.fields)
+
+
+def _flatten_leaves(data: dict[str, State]) -> dict[str, Tensor]:
+    """Shard tensors by name; the leaves of a dict state ``x`` become ``x.<leaf>``."""
+    flat = {}
+    for key, value in data.items():
+        leaves = value.items() if isinstance(value, dict) else [(None, value)]
+        flat.update({key if leaf is None else f"{key}.{leaf}": t.contiguous() for leaf, t in leaves})
+    return flat
+
+
+def _unflatten(flat: dict[str, Tensor]) -> dict[str, State]:
+    data: dict[str, State] = {}
+    for name, t in flat.items():
+        key, _, leaf = name.partition(".")
+        if leaf:
+            data.setdefault(key, {})[leaf] = t
+        else:
+            data[key] = t
+    return data
 
 
 def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:

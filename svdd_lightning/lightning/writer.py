@@ -4,8 +4,9 @@ During prediction every process appends each finished batch to ``parts/rank<R>.j
 so a killed run loses at most the batch in flight and resumes from the rest). When prediction ends,
 global rank 0 merges all parts, keeps one row per (method, index), and writes:
 
-- ``<method>.fasta``: the designs of each method;
-- ``samples.csv``: one row per sample (method, index, sequence, reward, evaluation columns);
+- per method, the files of its samples (``sample_files``: ``<method>.fasta`` by default; SMILES and
+  molecule grids for molecules);
+- ``samples.csv``: one row per sample (method, index, sample, reward, evaluation columns);
 - ``summary.json``: per method n, reward and evaluation quantiles, set metrics, compute per sample,
   wall seconds;
 - ``reward_histogram.png``: the reward (and evaluation-score) distributions per method.
@@ -19,6 +20,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
+from abc import ABC, abstractmethod
+
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
@@ -29,6 +32,27 @@ from .decoding import PARTS
 COMPUTE_FIELDS = ("denoiser_calls", "gradient_calls", "reward_calls", "reward_failures", "value_calls")
 
 
+class SampleFiles(ABC):
+    """Writes one method's samples in their domain's formats; ``column`` names them in samples.csv."""
+
+    column: str = "sample"
+
+    @abstractmethod
+    def write(self, output_dir: Path, method: str, rows: list[dict]) -> None:
+        """``rows``: the method's rows sorted by index, each with ``index``, ``sample`` and ``reward``."""
+
+
+class FastaFiles(SampleFiles):
+    """``<method>.fasta``, one record per design with its reward in the header."""
+
+    column = "sequence"
+
+    def write(self, output_dir: Path, method: str, rows: list[dict]) -> None:
+        with open(output_dir / f"{method}.fasta", "w") as handle:
+            for r in rows:
+                handle.write(f">{method}_{r['index']} reward={r['reward']:.4f}\n{r['sample']}\n")
+
+
 class DesignWriter(BasePredictionWriter):
     """Prediction writer for :class:`DecodingModule` results.
 
@@ -36,12 +60,15 @@ class DesignWriter(BasePredictionWriter):
         output_dir: where the outputs go (``--output_dir`` on the command line).
         set_metrics: name -> callable on a method's list of samples returning one float
             (e.g. 3-mer correlation with held-out sequences).
+        sample_files: the per-method sample files (default :class:`FastaFiles`).
     """
 
-    def __init__(self, output_dir: str = "results", set_metrics: dict[str, Callable[[list], float]] | None = None) -> None:
+    def __init__(self, output_dir: str = "results", set_metrics: dict[str, Callable[[list], float]] | None = None,
+                 sample_files: SampleFiles | None = None) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
         self.set_metrics = set_metrics or {}
+        self.sample_files = sample_files or FastaFiles()
 
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
                            batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
@@ -53,7 +80,8 @@ class DesignWriter(BasePredictionWriter):
         trainer.strategy.barrier()
         if trainer.is_global_zero:
             summary = write_outputs(self.output_dir, list(pl_module.metrics), self.set_metrics,
-                                    {k: getattr(m, "threshold", None) for k, m in pl_module.metrics.items()})
+                                    {k: getattr(m, "threshold", None) for k, m in pl_module.metrics.items()},
+                                    self.sample_files)
             print(format_summary(summary))
         trainer.strategy.barrier()
 
@@ -87,22 +115,22 @@ def _read_parts(output_dir: Path) -> tuple[list[dict], list[dict]]:
 
 
 def write_outputs(output_dir: Path, metric_names: list[str], set_metrics: dict[str, Callable[[list], float]],
-                  thresholds: dict[str, float | None]) -> dict:
-    """Merge the parts under ``output_dir`` into FASTA, CSV, JSON summary and histogram."""
+                  thresholds: dict[str, float | None], sample_files: SampleFiles | None = None) -> dict:
+    """Merge the parts under ``output_dir`` into sample files, CSV, JSON summary and histogram."""
+    sample_files = sample_files or FastaFiles()
     rows, stats = _read_parts(output_dir)
     by_method: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         by_method[row["method"]].append(row)
 
     for method, method_rows in by_method.items():
-        with open(output_dir / f"{method}.fasta", "w") as handle:
-            for r in method_rows:
-                handle.write(f">{method}_{r['index']} reward={r['reward']:.4f}\n{r['sample']}\n")
+        sample_files.write(output_dir, method, method_rows)
     with open(output_dir / "samples.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["method", "index", "sequence", "reward", *metric_names])
+        column = sample_files.column
+        writer = csv.DictWriter(handle, fieldnames=["method", "index", column, "reward", *metric_names])
         writer.writeheader()
         for r in rows:
-            writer.writerow({"method": r["method"], "index": r["index"], "sequence": r["sample"], "reward": r["reward"],
+            writer.writerow({"method": r["method"], "index": r["index"], column: r["sample"], "reward": r["reward"],
                              **{k: r.get(k) for k in metric_names}})
 
     summary = {}

@@ -61,7 +61,8 @@ class GraphDiffusion(Configurable, DiffusionModel):
                  num_steps: int = 1000, snr: float = 0.2, scale_eps: float = 0.7, eps: float = 1e-3) -> None:
         super().__init__()
         self.x_network, self.adj_network = x_network, adj_network
-        self.x_sde, self.adj_sde = x_sde, adj_sde
+        # the reverse-diffusion predictor steps on the sampler's grid (GDSS: num_scales = sampling steps)
+        self.x_sde, self.adj_sde = x_sde.discretised(num_steps), adj_sde.discretised(num_steps)
         self.atoms, self.max_nodes = tuple(atoms), max_nodes
         self.num_nodes_probs: torch.Tensor | None = None
         if num_nodes_probs is not None:
@@ -125,8 +126,10 @@ class GraphDiffusion(Configurable, DiffusionModel):
         noise = self._noise(generators, m, 2)
         # Langevin corrector with the score at the current state
         state = self._langevin(state, scores, t, noise[0])
-        # reverse-diffusion predictor with the score at the corrected state
+        # reverse-diffusion predictor with the score at the corrected state (plus DPS's guidance term)
         scores = self._scores(state, t)
+        if "x_guidance" in prediction:
+            scores["x"] = scores["x"] + prediction["x_guidance"].repeat_interleave(m, dim=0)
         last = level == self.num_steps - 1
         out = {"flags": flags}
         for key, sde in (("x", self.x_sde), ("adj", self.adj_sde)):
@@ -134,6 +137,20 @@ class GraphDiffusion(Configurable, DiffusionModel):
             out[key] = mean if last else mean + std * noise[1][key]
         out["x"], out["adj"] = mask_nodes(out["x"], flags), mask_adjacency(out["adj"], flags)
         return out
+
+    def guided_prediction(self, x: GraphState, level: int, guidance, scale: float) -> GraphState:
+        """DPS: the X score plus ``scale`` x the gradient, with respect to X_t, of ``guidance`` at Tweedie's
+        x0_hat (through the X score network; A is not guided, as in the paper). The gradient is also kept
+        as ``x_guidance`` so that :meth:`propose` adds it to the predictor's score at the corrected state."""
+        t = self._times(level, x["flags"].shape[0])
+        features = x["x"].detach().requires_grad_(True)
+        state = {"x": features, "adj": x["adj"].detach(), "flags": x["flags"]}
+        scores = self._scores(state, t)
+        scores["adj"] = scores["adj"].detach()
+        x0 = self.x0_hat(state, scores, level)
+        (grad,) = torch.autograd.grad(guidance(x0).sum(), features)
+        grad = mask_nodes(scale * grad.detach(), x["flags"])
+        return {"x": scores["x"].detach() + grad, "adj": scores["adj"], "x_guidance": grad}
 
     def _noise(self, generators: Sequence[torch.Generator], m: int, moves: int) -> list[GraphState]:
         """Per move, standard noise for X and (symmetric) A; candidate j of row b uses generators[b]."""
@@ -164,6 +181,27 @@ class GraphDiffusion(Configurable, DiffusionModel):
         return {"x": mask_nodes(self.x_sde.tweedie(x["x"], prediction["x"], t), flags),
                 "adj": mask_adjacency(self.adj_sde.tweedie(x["adj"], prediction["adj"], t), flags),
                 "flags": flags}
+
+    def x0_estimate(self, x: GraphState, prediction: GraphState, level: int, num_steps: int) -> GraphState:
+        """DDIM (eta = 0) from the state's time to t = 0 in ``num_steps`` equal steps, for X and A:
+        x_0 by Tweedie, then x_next = m(t') x_0 + s(t') (x - m(t) x_0) / s(t); the last step is Tweedie's x_0."""
+        flags, n = x["flags"], x["flags"].shape[0]
+        grid = torch.linspace(self.time(level), 0.0, num_steps + 1).tolist()
+        state, scores = x, prediction
+        for j in range(num_steps):
+            t = torch.full((n,), grid[j])
+            if j:
+                scores = self._scores(state, t)
+            x0 = {key: sde.tweedie(state[key], scores[key], t)
+                  for key, sde in (("x", self.x_sde), ("adj", self.adj_sde))}
+            if j + 1 < num_steps:
+                following = {"flags": flags}
+                for key, sde in (("x", self.x_sde), ("adj", self.adj_sde)):
+                    (mean, std), (mean_next, std_next) = (
+                        (v.view(-1, 1, 1) for v in sde.marginal(s)) for s in (t, torch.full((n,), grid[j + 1])))
+                    following[key] = mean_next * x0[key] + std_next * (state[key] - mean * x0[key]) / std
+                state = following
+        return {"x": mask_nodes(x0["x"], flags), "adj": mask_adjacency(x0["adj"], flags), "flags": flags}
 
     def forward_noise(self, x0: GraphState, level: int, generators: Sequence[torch.Generator]) -> GraphState:
         """x_t = m(t) x_0 + s(t) z for X and (symmetric) A."""

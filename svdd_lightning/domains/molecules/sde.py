@@ -40,6 +40,12 @@ class SDE(Configurable):
         """The corrector's step-size factor (alpha_i for VP, 1 for VE)."""
         return torch.ones_like(t)
 
+    def discretised(self, num_scales: int) -> "SDE":
+        """The same SDE on a grid of ``num_scales`` steps (the sampler's)."""
+        if num_scales == self.num_scales:
+            return self
+        return type(self)(**{**self._init_args, "num_scales": num_scales})
+
     def _index(self, t: torch.Tensor) -> torch.Tensor:
         return (t * (self.num_scales - 1)).round().long()
 
