@@ -101,6 +101,15 @@ class SA(_RDKitReward):
     score = staticmethod(sa_score)
 
 
+class Valid(RewardFunction):
+    """1 for a valid molecule, 0 for an invalid one: the per-sample ``valid`` column of a run."""
+
+    name = "valid"
+
+    def __call__(self, smiles: Sequence[str]) -> list[float]:
+        return [float(bool(s)) for s in smiles]
+
+
 def validity(smiles: Sequence[str]) -> float:
     """Fraction of all samples that are valid (non-empty); 0 for no samples."""
     return sum(bool(s) for s in smiles) / len(smiles) if smiles else 0.0
@@ -125,18 +134,20 @@ def _novelty(smiles: Sequence[str], training: set[str]) -> float:
 
 class Novelty:
     """Novelty of sets of canonical SMILES against the ``SMILES`` column of a CSV (optionally gzipped),
-    canonicalised once here (about a minute for QM9's 130k molecules)."""
+    canonicalised once here (about a minute for QM9's 130k molecules); ``canonicalise: false`` for a file of
+    RDKit canonical SMILES already (``assets/molecules/qm9_train_canonical.csv.gz``)."""
 
     name = "novelty"
 
-    def __init__(self, path: str | Path, column: str = "SMILES") -> None:
+    def __init__(self, path: str | Path, column: str = "SMILES", canonicalise: bool = True) -> None:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"Novelty.path: no file at {path}; pass the training set's SMILES CSV")
         frame = pd.read_csv(path)
         if column not in frame.columns:
             raise ValueError(f"Novelty.column: {path} has no column {column!r}; its columns are {list(frame.columns)}")
-        self.training = {canonical(s) for s in frame[column].astype(str)}
+        smiles = frame[column].astype(str)
+        self.training = {canonical(s) for s in smiles} if canonicalise else set(smiles)
 
     def __call__(self, smiles: Sequence[str]) -> float:
         return _novelty(smiles, self.training)
