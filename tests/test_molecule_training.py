@@ -77,3 +77,16 @@ def test_train_fit_pretrains_gdss_and_the_export_samples_molecules(smiles_csv, t
     with torch.inference_mode():
         result = PretrainedSampling().sample(model, lambda smiles: [float(bool(s)) for s in smiles], gens)
     assert len(result.samples) == 4 and all(isinstance(s, str) for s in result.samples)
+
+
+def test_moses_config_builds_gdss_zinc_networks_and_trains_a_step(tmp_path):
+    drug_like = ["CC(=O)Nc1ccc(O)cc1", "O=C(O)c1ccccc1Cl", "CN1CCN(C)CC1", "Brc1ccc(S)cc1", "FC(F)(F)c1ccncc1",
+                 "CC(C)Cc1ccc(C(C)C(=O)O)cc1", "O=[N+]([O-])c1ccccc1", "CSc1ncccn1"] * 4
+    path = tmp_path / "moses.csv"
+    path.write_text("SMILES\n" + "\n".join(drug_like) + "\n")
+    res = run_cli("train.py", "fit", "--config", "configs/molecules/pretrain_moses.yaml", "--data.init_args.path",
+                  str(path), "--data.init_args.batch_size", "4", "--data.init_args.val_fraction", "0.2",
+                  "--data.init_args.test_fraction", "0.2", "--trainer.fast_dev_run", "1",
+                  "--trainer.default_root_dir", str(tmp_path / "runs"),
+                  "--trainer.callbacks.init_args.directory", str(tmp_path / "export"))
+    assert res.returncode == 0, res.stderr[-2000:]
