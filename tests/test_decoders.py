@@ -66,6 +66,14 @@ def test_smc_is_reproducible_for_the_same_batch(model):
     assert torch.equal(a.x0, b.x0)
 
 
+@pytest.mark.parametrize("potential", SMC.POTENTIALS)
+def test_smc_potentials_raise_gc(model, potential):
+    n = 64
+    base = PretrainedSampling().sample(model, GCCount(), generators(n)).rewards.mean()
+    smc = SMC(PosteriorMeanValue(), alpha=0.5, ess_threshold=0.5, resampling="systematic", potential=potential)
+    assert smc.sample(model, GCCount(), generators(n)).rewards.mean() > base + 0.5
+
+
 def test_guided_decoders_raise_gc(model):
     n = 64
     base = PretrainedSampling().sample(model, GCCount(), generators(n)).rewards.mean()
@@ -161,6 +169,7 @@ def test_chunk_size_is_passed_through_constructors():
     (lambda: SMC(PosteriorMeanValue(), alpha=-1.0), "alpha"),
     (lambda: SMC(PosteriorMeanValue(), ess_threshold=0.0), "ess_threshold"),
     (lambda: SMC(PosteriorMeanValue(), ess_threshold=1.5), "ess_threshold"),
+    (lambda: SMC(PosteriorMeanValue(), potential="product"), "SMC.potential"),
     (lambda: BestOfN(n=0), "BestOfN.n"),
     (lambda: PretrainedSampling(chunk_size=0), "chunk_size"),
     (lambda: SVDD(PosteriorMeanValue(), chunk_size=-2), "chunk_size"),

@@ -63,7 +63,7 @@ def test_multi_step_x0_estimate_is_exact_for_the_exact_score_and_counted(sde, in
 
     model._scores = exact_scores
     state = mixed_size_state(model)
-    run = Run(model, as_reward(lambda s: [0.0] * len(s)))
+    run = Run(model, as_reward(lambda s: [0.0] * len(s)), range(3))
     candidates = Candidates(run, state, 1)
     x0 = candidates.x0_hat(num_steps=4)
     flags = state["flags"]

@@ -260,7 +260,7 @@ class GaussianMixtureDDPM(DiffusionModel):
         return -math.sqrt(1 - abar) * score
 
     # --- DiffusionModel ---------------------------------------------------------------------------
-    def initial_state(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    def initial_state(self, generators: Sequence[torch.Generator], conditions: torch.Tensor | None = None) -> torch.Tensor:
         return torch.stack([torch.randn(2, generator=g, dtype=torch.float64) for g in generators])
 
     def denoise(self, x: torch.Tensor, level: int) -> torch.Tensor:

@@ -52,9 +52,14 @@ class Decoder(ABC):
             raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
         self.chunk_size = chunk_size
 
-    def sample(self, model: DiffusionModel, reward: Reward | RewardFn,
-               generators: Sequence[torch.Generator]) -> DecodeResult:
-        run = Run(model, as_reward(reward), self.chunk_size)
+    def sample(self, model: DiffusionModel, reward: Reward | RewardFn, generators: Sequence[torch.Generator],
+               indices: Sequence[int] | None = None) -> DecodeResult:
+        """One sample per generator; row b is sample ``indices[b]`` (default 0, 1, ...), which fixes its
+        condition for a conditional model."""
+        indices = range(len(generators)) if indices is None else indices
+        if len(indices) != len(generators):
+            raise ValueError(f"{len(generators)} generators for {len(indices)} sample indices")
+        run = Run(model, as_reward(reward), indices, self.chunk_size)
         x0 = self._decode(run, list(generators))
         samples = model.decode(x0)
         rewards = run.score(x0)
@@ -68,7 +73,7 @@ class PretrainedSampling(Decoder):
     """Ancestral sampling from p_pre: the baseline every guided method is compared with."""
 
     def _decode(self, run: Run, generators: list[torch.Generator]) -> State:
-        return ancestral(run, run.model.initial_state(generators), generators)
+        return ancestral(run, run.initial_state(generators), generators)
 
 
 def ancestral(run: Run, x: State, generators: list[torch.Generator],
@@ -99,7 +104,7 @@ class BestOfN(Decoder):
 
     def _decode(self, run: Run, generators: list[torch.Generator]) -> State:
         children = spawn_generators(generators, self.n)
-        x0 = ancestral(run, run.model.initial_state(children), children)
+        x0 = ancestral(run, run.initial_state(children), children)
         rewards = run.score(x0).view(len(generators), self.n)
         best = torch.arange(len(generators)) * self.n + rewards.argmax(dim=1)
         return index_rows(x0, best)
@@ -135,7 +140,7 @@ class SVDD(Decoder):
 
     def _decode(self, run: Run, generators: list[torch.Generator]) -> State:
         model, m = run.model, self.num_candidates
-        current = Candidates(run, model.initial_state(generators), 0)
+        current = Candidates(run, run.initial_state(generators), 0)
         for level in range(0, model.num_steps, self.select_every):
             # 1. M proposals per sample from the pretrained model, one batched call
             proposals = run.propose(current.x, current.prediction, level, generators, m)
@@ -144,10 +149,13 @@ class SVDD(Decoder):
             stop = min(level + self.select_every, model.num_steps)
             if stop > level + 1:  # each candidate goes on alone to the next selection level
                 candidates = advance(run, candidates, stop, spawn_generators(generators, m))
-            # 2. soft values of the candidates
-            values = soft_value(self.value, candidates).view(-1, m)
-            # 3. selection: argmax, or softmax(v / alpha)
-            chosen = select_candidates(values, self.alpha, generators)
+            if m == 1:  # nothing to select: pretrained sampling, no value calls
+                chosen = torch.zeros(len(generators), dtype=torch.long)
+            else:
+                # 2. soft values of the candidates
+                values = soft_value(self.value, candidates).view(-1, m)
+                # 3. selection: argmax, or softmax(v / alpha)
+                chosen = select_candidates(values, self.alpha, generators)
             current = candidates.take(torch.arange(len(generators)) * m + chosen)
         return current.x
 
@@ -158,16 +166,26 @@ def soft_value(value: Value, candidates: Candidates) -> torch.Tensor:
 
 
 class SMC(Decoder):
-    """Sequential Monte Carlo over the batch (paper, Appendix A, Algorithm 4).
+    """Sequential Monte Carlo over the batch (paper, Appendix A, Algorithm 4; FK steering's potentials).
 
-    The batch is one population of particles: each proposes from p_pre, is weighted by
-    exp((v(x_{k+1}) - v(x_k)) / alpha), and the population is resampled when its effective sample
-    size falls below ``ess_threshold`` x its size (1.0: every step). Resampling uses the first
-    sample's generator, so a particle's output depends on the whole batch it was decoded with.
+    Each condition's samples (all of them for an unconditional model) form one population of
+    particles: each particle proposes from p_pre and carries a log-weight given by ``potential``:
+
+    - ``difference`` (Algorithm 4): (v(x_k) - v(x_j)) / alpha since its last resampling at level j,
+      whose product over the path targets exp(v / alpha) p_pre;
+    - ``max`` / ``sum`` (FK steering, Singhal et al. 2025): the maximum / sum of v over the path so
+      far, divided by alpha; they are not reset by resampling.
+
+    A population is resampled when its effective sample size falls below ``ess_threshold`` x its size
+    (1.0: every step), and always at the end; resampling never mixes conditions. A population's
+    resampling uses its first sample's generator, so a particle's output depends on the whole batch
+    it was decoded with.
     """
 
+    POTENTIALS = ("difference", "max", "sum")
+
     def __init__(self, value: Value, alpha: float = 1.0, ess_threshold: float = 1.0,
-                 resampling: str = "multinomial", chunk_size: int | None = None) -> None:
+                 resampling: str = "multinomial", potential: str = "difference", chunk_size: int | None = None) -> None:
         super().__init__(chunk_size)
         if alpha <= 0:
             raise ValueError(f"SMC.alpha must be > 0 (the weights are exp(v / alpha)), got {alpha}")
@@ -175,23 +193,32 @@ class SMC(Decoder):
             raise ValueError(f"SMC.ess_threshold must be in (0, 1], got {ess_threshold}")
         if resampling not in ("multinomial", "systematic"):
             raise ValueError(f"SMC.resampling must be 'multinomial' or 'systematic', got {resampling!r}")
-        self.value, self.alpha, self.ess_threshold, self.resampling = value, alpha, ess_threshold, resampling
+        if potential not in self.POTENTIALS:
+            raise ValueError(f"SMC.potential must be one of {', '.join(self.POTENTIALS)}, got {potential!r}")
+        self.value, self.alpha, self.ess_threshold = value, alpha, ess_threshold
+        self.resampling, self.potential = resampling, potential
 
     def _decode(self, run: Run, generators: list[torch.Generator]) -> State:
         model, n = run.model, len(generators)
-        current = Candidates(run, model.initial_state(generators), 0)
-        prev_value = self.value(current)
-        log_w = torch.zeros(n, dtype=torch.float64)
+        populations = [(run.conditions == c).nonzero().squeeze(1) for c in run.conditions.unique()]
+        current = Candidates(run, run.initial_state(generators), 0)
+        path = self.value(current).double()  # v at the last resampling, or the path's max / sum
         for level in range(model.num_steps):
             proposals = run.propose(current.x, current.prediction, level, generators, 1)
             current = Candidates(run, proposals, level + 1, parent=(current.x, current.prediction))
-            value = soft_value(self.value, current)
-            log_w += (value.double() - prev_value.double()) / self.alpha
-            prev_value = value
-            if effective_sample_size(log_w) < self.ess_threshold * n + 1e-9 or level + 1 == model.num_steps:
-                ancestors = resample(log_w, generators[0], self.resampling)
-                current, prev_value = current.take(ancestors), prev_value[ancestors]
-                log_w.zero_()
+            value = soft_value(self.value, current).double()
+            if self.potential == "difference":
+                log_w = (value - path) / self.alpha
+            else:
+                path = torch.maximum(path, value) if self.potential == "max" else path + value
+                log_w = path / self.alpha
+            ancestors, last = torch.arange(n), level + 1 == model.num_steps
+            for rows in populations:
+                if last or effective_sample_size(log_w[rows]) < self.ess_threshold * len(rows) + 1e-9:
+                    ancestors[rows] = rows[resample(log_w[rows], generators[int(rows[0])], self.resampling)]
+                    if self.potential == "difference":
+                        path[rows] = value[rows]  # the survivors' weights restart from their values
+            current, path = current.take(ancestors), path[ancestors]
         return current.x
 
 
@@ -211,7 +238,7 @@ class DPS(Decoder):
     def _decode(self, run: Run, generators: list[torch.Generator]) -> State:
         model = run.model
         guidance = run.reward.differentiable()
-        x = model.initial_state(generators)
+        x = run.initial_state(generators)
         for level in range(model.num_steps):
             with torch.inference_mode(False), torch.enable_grad():
                 prediction = map_chunked(lambda rows: model.guided_prediction(rows, level, guidance, self.scale),

@@ -31,10 +31,14 @@ class DiffusionModel(nn.Module, ABC):
     #: Denoiser calls ``propose`` makes itself per proposed row (0 for ancestral samplers; 1 for a
     #: predictor-corrector step whose second half needs the score at the corrected state).
     proposal_denoiser_calls: int = 0
+    #: Number of conditions (prompts, class labels) a conditional model samples: sample i is drawn under
+    #: condition ``i % num_conditions``, and each condition is its own population (SMC never mixes them).
+    num_conditions: int = 1
 
     @abstractmethod
-    def initial_state(self, generators: Sequence[torch.Generator]) -> State:
-        """One prior sample per generator (level 0)."""
+    def initial_state(self, generators: Sequence[torch.Generator], conditions: torch.Tensor | None = None) -> State:
+        """One prior sample per generator (level 0); row b under condition ``conditions[b]`` (ids in
+        0 .. num_conditions-1; unconditional models ignore them)."""
 
     @abstractmethod
     def denoise(self, x: State, level: int) -> Prediction:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Sequence
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
@@ -40,13 +41,24 @@ def _rows_equal(a: State, b: State) -> torch.Tensor:
 
 
 class Run:
-    """Counts every denoiser and reward evaluation of a decoding call and bounds its memory."""
+    """One decoding call of samples ``indices``: counts every denoiser and reward evaluation and bounds
+    memory. ``conditions[b]`` is sample b's condition id (``index % model.num_conditions``)."""
 
-    def __init__(self, model: DiffusionModel, reward: Reward, chunk_size: int | None = None) -> None:
+    def __init__(self, model: DiffusionModel, reward: Reward, indices: Sequence[int],
+                 chunk_size: int | None = None) -> None:
         self.model = model
         self.reward = reward
+        self.conditions = torch.as_tensor(list(indices), dtype=torch.long) % model.num_conditions
         self.chunk_size = chunk_size
         self.stats = DecodeStats()
+
+    def initial_state(self, generators: Sequence[torch.Generator]) -> State:
+        """Prior states for k generators per sample (rows b*k .. b*k+k-1 are sample b's, e.g. Best-of-N's
+        children), each under its sample's condition."""
+        if not self.conditions.numel() or len(generators) % len(self.conditions):
+            raise ValueError(f"{len(generators)} generators for {len(self.conditions)} samples (expected a multiple)")
+        k = len(generators) // len(self.conditions)
+        return self.model.initial_state(generators, self.conditions.repeat_interleave(k))
 
     def denoise(self, x: State, level: int, reuse: tuple[State, Prediction] | None = None) -> Prediction:
         """``model.denoise`` in chunks; rows equal to ``reuse``'s state take its prediction."""

@@ -80,7 +80,7 @@ class MaskedDiffusion(Configurable, DiffusionModel):
         t = torch.full((x.shape[0],), self.level_time(level))
         return self.log_probs(x.to(self._device()), t).cpu()
 
-    def initial_state(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    def initial_state(self, generators: Sequence[torch.Generator], conditions: torch.Tensor | None = None) -> torch.Tensor:
         return torch.full((len(generators), self.seq_len), self.mask_id, dtype=torch.long)
 
     def propose(self, x: torch.Tensor, prediction: torch.Tensor, level: int,

@@ -83,7 +83,7 @@ class DecodingModule(L.LightningModule):
         for name, decoder in self.methods.items():
             start = time.perf_counter()
             generators = [torch.Generator().manual_seed(sample_seed(self.seed, name, i)) for i in indices]
-            result = decoder.sample(self.model, self.reward, generators)
+            result = decoder.sample(self.model, self.reward, generators, indices)
             columns = {key: metric(self.model, result.x0, result.samples).tolist()
                        for key, metric in self.metrics.items()}
             seconds = time.perf_counter() - start

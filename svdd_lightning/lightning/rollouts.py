@@ -105,8 +105,8 @@ def generate_rollouts(model: DiffusionModel, reward: Reward | RewardFn, indices:
         keep(level, x, parts, level)
         keep(level, x, successors, level - 1)  # x_k is the successor of a state kept at level k - 1
 
-    run = Run(model, as_reward(reward), chunk_size)
-    x0 = ancestral(run, model.initial_state(generators), generators, on_level=on_level)
+    run = Run(model, as_reward(reward), indices, chunk_size)
+    x0 = ancestral(run, run.initial_state(generators), generators, on_level=on_level)
     keep(model.num_steps, x0, successors, model.num_steps - 1)
     return _flatten(model, parts, run.score(x0).cpu(), indices, successors)
 

@@ -92,7 +92,7 @@ class GraphDiffusion(Configurable, DiffusionModel):
         return torch.full((n,), self.time(level))
 
     # --- the chain -------------------------------------------------------------------------------------
-    def initial_state(self, generators: Sequence[torch.Generator]) -> GraphState:
+    def initial_state(self, generators: Sequence[torch.Generator], conditions: torch.Tensor | None = None) -> GraphState:
         if self.num_nodes_probs is None:
             raise ValueError("GraphDiffusion.num_nodes_probs is not set: give the training set's molecule sizes")
         n, f = self.max_nodes, len(self.atoms)
