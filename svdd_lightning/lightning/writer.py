@@ -5,11 +5,14 @@ so a killed run loses at most the batch in flight and resumes from the rest). Wh
 global rank 0 merges all parts, keeps one row per (method, index), and writes:
 
 - per method, the files of its samples (``sample_files``: ``<method>.fasta`` by default; SMILES and
-  molecule grids for molecules);
+  molecule grids for molecules; PNGs and a grid for images);
 - ``samples.csv``: one row per sample (method, index, sample, reward, evaluation columns);
 - ``summary.json``: per method n, reward and evaluation quantiles, set metrics, compute per sample,
   wall seconds;
 - ``reward_histogram.png``: the reward (and evaluation-score) distributions per method.
+
+The parts hold each sample in the JSON-able form ``sample_files.encode`` gives (images: base64 PNGs);
+the merge decodes them back, so sample files and set metrics get the samples themselves.
 """
 from __future__ import annotations
 
@@ -33,9 +36,25 @@ COMPUTE_FIELDS = ("denoiser_calls", "gradient_calls", "reward_calls", "reward_fa
 
 
 class SampleFiles(ABC):
-    """Writes one method's samples in their domain's formats; ``column`` names them in samples.csv."""
+    """Writes one method's samples in their domain's formats; ``column`` names them in samples.csv.
+
+    ``encode``/``decode`` convert samples to and from the JSON-able form stored in the parts files,
+    ``csv_value`` gives a sample's entry in samples.csv; all three default to the sample itself.
+    """
 
     column: str = "sample"
+
+    def encode(self, sample: Any) -> Any:
+        """The JSON-able form ``sample`` is stored in; distinct samples need distinct stored forms."""
+        return sample
+
+    def decode(self, stored: Any) -> Any:
+        """The sample of its stored form (the inverse of :meth:`encode`)."""
+        return stored
+
+    def csv_value(self, method: str, row: dict) -> Any:
+        """The entry of ``row`` (a decoded row of ``method``) in the ``column`` of samples.csv."""
+        return row["sample"]
 
     @abstractmethod
     def write(self, output_dir: Path, method: str, rows: list[dict]) -> None:
@@ -74,7 +93,8 @@ class DesignWriter(BasePredictionWriter):
                            batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
         parts = self.output_dir / PARTS
         parts.mkdir(parents=True, exist_ok=True)
-        _append_line(parts / f"rank{trainer.global_rank}.jsonl", json.dumps(prediction))
+        rows = [{**r, "sample": self.sample_files.encode(r["sample"])} for r in prediction["rows"]]
+        _append_line(parts / f"rank{trainer.global_rank}.jsonl", json.dumps({**prediction, "rows": rows}))
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.strategy.barrier()
@@ -116,12 +136,17 @@ def _read_parts(output_dir: Path) -> tuple[list[dict], list[dict]]:
 
 def write_outputs(output_dir: Path, metric_names: list[str], set_metrics: dict[str, Callable[[list], float]],
                   thresholds: dict[str, float | None], sample_files: SampleFiles | None = None) -> dict:
-    """Merge the parts under ``output_dir`` into sample files, CSV, JSON summary and histogram."""
+    """Merge the parts under ``output_dir`` into sample files, CSV, JSON summary and histogram.
+
+    ``distinct_fraction`` compares the samples' stored forms (``sample_files.encode``), not their reprs.
+    """
     sample_files = sample_files or FastaFiles()
     rows, stats = _read_parts(output_dir)
     by_method: dict[str, list[dict]] = defaultdict(list)
+    stored: dict[str, list] = defaultdict(list)
     for row in rows:
-        by_method[row["method"]].append(row)
+        stored[row["method"]].append(row["sample"])
+        by_method[row["method"]].append({**row, "sample": sample_files.decode(row["sample"])})
 
     for method, method_rows in by_method.items():
         sample_files.write(output_dir, method, method_rows)
@@ -129,9 +154,10 @@ def write_outputs(output_dir: Path, metric_names: list[str], set_metrics: dict[s
         column = sample_files.column
         writer = csv.DictWriter(handle, fieldnames=["method", "index", column, "reward", *metric_names])
         writer.writeheader()
-        for r in rows:
-            writer.writerow({"method": r["method"], "index": r["index"], column: r["sample"], "reward": r["reward"],
-                             **{k: r.get(k) for k in metric_names}})
+        for method, method_rows in by_method.items():
+            for r in method_rows:
+                writer.writerow({"method": method, "index": r["index"], column: sample_files.csv_value(method, r),
+                                 "reward": r["reward"], **{k: r.get(k) for k in metric_names}})
 
     summary = {}
     for method, method_rows in by_method.items():
@@ -145,7 +171,7 @@ def write_outputs(output_dir: Path, metric_names: list[str], set_metrics: dict[s
                 entry[name][f"fraction_above_{thresholds[name]:g}"] = float((values > thresholds[name]).double().mean())
         for name, fn in set_metrics.items():
             entry[name] = fn(samples)
-        entry["distinct_fraction"] = distinct_fraction(samples)
+        entry["distinct_fraction"] = distinct_fraction(stored[method])
         method_stats = [s for s in stats if s["method"] == method]
         n_stat = sum(s["n"] for s in method_stats)
         entry["per_sample"] = {f: sum(s[f] for s in method_stats) / max(n_stat, 1) for f in COMPUTE_FIELDS}
