@@ -78,8 +78,10 @@ class DecodingModule(L.LightningModule):
                 value.network.to(self.device)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, list]:
-        indices = batch["index"].tolist()
+        indices = [i for i, spare in zip(batch["index"].tolist(), batch["spare"].tolist()) if not spare]
         rows, stats = [], []
+        if not indices:  # a rank's placeholder item when every sample is already decoded
+            return {"rows": rows, "stats": stats}
         for name, decoder in self.methods.items():
             start = time.perf_counter()
             generators = [torch.Generator().manual_seed(sample_seed(self.seed, name, i)) for i in indices]
@@ -95,14 +97,16 @@ class DecodingModule(L.LightningModule):
 
 
 class _Indices(Dataset):
-    def __init__(self, indices: list[int]) -> None:
-        self.indices = indices
+    """Sample indices to decode; ``spare`` ones are finished samples that only keep a rank busy."""
+
+    def __init__(self, indices: list[int], spare: int = 0) -> None:
+        self.indices, self.first_spare = indices, len(indices) - spare
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> dict[str, int]:
-        return {"index": self.indices[i]}
+    def __getitem__(self, i: int) -> dict[str, int | bool]:
+        return {"index": self.indices[i], "spare": i >= self.first_spare}
 
 
 def finished_indices(output_dir: str | Path) -> set[int]:
@@ -136,10 +140,11 @@ class SampleIndexDataModule(L.LightningDataModule):
         done = finished_indices(self.output_dir) if self.output_dir else set()
         todo = [i for i in range(self.num_samples) if i not in done]
         world = self.trainer.world_size if self.trainer is not None else 1
-        if len(todo) < world:
+        spare = max(world - len(todo), 0)
+        if spare:
             # Every rank needs an item: Lightning's predict sampler asserts it, and with no batch at all
-            # the predict loop is skipped and the writer never merges. Re-decoding finished samples
-            # gives the same rows (per-index seeds); the writer keeps one row per (method, index).
-            spare = [i for i in range(self.num_samples) if i not in todo] or todo
-            todo += [spare[k % len(spare)] for k in range(world - len(todo))]
-        return DataLoader(_Indices(todo), batch_size=self.batch_size, shuffle=False)
+            # the predict loop is skipped and the writer never merges. Spare items are finished samples
+            # that predict_step skips (re-decoding one could change it: SMC's particles are the batch).
+            finished = [i for i in range(self.num_samples) if i not in todo] or todo
+            todo += [finished[k % len(finished)] for k in range(spare)]
+        return DataLoader(_Indices(todo, spare), batch_size=self.batch_size, shuffle=False)

@@ -103,8 +103,8 @@ class SequenceClassifierTraining(L.LightningModule):
 
 
 class SequenceRegressorTraining(L.LightningModule):
-    """Trains a one-output network on (tokens, target) by MSE; reports Pearson and Spearman r on
-    validation and test (e.g. a mean-ribosome-load oracle)."""
+    """Trains a one-output network on (input, target) by MSE; reports Pearson and Spearman r on
+    validation and test (e.g. a mean-ribosome-load oracle on tokens, or an image reward proxy)."""
 
     def __init__(self, network: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-2,
                  warmup_steps: int = 100) -> None:

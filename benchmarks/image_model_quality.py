@@ -1,0 +1,115 @@
+"""Quality of the shipped MNIST models (the README's figures).
+
+    python benchmarks/image_model_quality.py --data data/mnist/mnist_10k.npz [--num-samples 1000]
+
+- Classifier (``checkpoints/images/classifier_mnist``): accuracy on the held-out test split.
+- Compressibility proxy (``checkpoints/images/proxy_compress``): Pearson r with the JPEG compressibility
+  on the test split.
+- DDPM (``checkpoints/images/ddpm_mnist``), DDIM 50 steps eta 1, over ``--num-samples`` samples against
+  the test split's digits: the classifier's class frequencies (uniform is 0.1 each) and confidence
+  (share of images with top probability > 0.9), ink fraction and compressibility medians, and the
+  Fréchet distance between the classifier's penultimate features of samples and test digits (an
+  MNIST analogue of FID; the train split against the test split gives its floor). A grid of the first
+  64 samples is written beside the results.
+
+Writes benchmarks/results/image_model_quality.json and benchmarks/results/mnist_ddpm_samples.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import linalg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from svdd_lightning import PretrainedSampling, checkpoints  # noqa: E402
+from svdd_lightning.domains.images.data import load_digits, split_indices  # noqa: E402
+from svdd_lightning.domains.images.outputs import ImageFiles  # noqa: E402
+from svdd_lightning.domains.images.rewards import Compressibility, InkFraction  # noqa: E402
+
+RESULTS = ROOT / "benchmarks/results"
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (rows are samples)."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root.real))
+
+
+@torch.no_grad()
+def image_stats(classifier: torch.nn.Module, images: torch.Tensor) -> dict:
+    """Classifier and pixel statistics of images (N, 1, H, W) in [0, 1]."""
+    features = torch.cat([classifier.features(chunk * 2 - 1) for chunk in images.split(500)])
+    probs = torch.softmax(classifier.head(features), dim=-1)
+    top = probs.max(dim=-1)
+    return {
+        "features": features.numpy().astype(np.float64),
+        "class_frequencies": torch.bincount(top.indices, minlength=probs.shape[1]).div(len(images)).tolist(),
+        "confident_fraction": float((top.values > 0.9).float().mean()),
+        "ink_fraction_median": float(torch.tensor(InkFraction()(images)).median()),
+        "compressibility_median": float(torch.tensor(Compressibility()(images)).median()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="MNIST .npz (see the README's image section)")
+    parser.add_argument("--model", default=str(ROOT / "checkpoints/images/ddpm_mnist"))
+    parser.add_argument("--classifier", default=str(ROOT / "checkpoints/images/classifier_mnist"))
+    parser.add_argument("--proxy", default=str(ROOT / "checkpoints/images/proxy_compress"))
+    parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=250)
+    args = parser.parse_args()
+
+    images, labels = load_digits(args.data)
+    split = split_indices(len(labels), 0.1, 0.1, 0)  # DigitsDataModule's default split
+    test, train = images[split["test"]], images[split["train"]]
+    classifier = checkpoints.load(args.classifier).eval()
+    with torch.no_grad():
+        accuracy = float((classifier(test).argmax(-1) == labels[split["test"]]).float().mean())
+        proxy = checkpoints.load(args.proxy).eval()
+        pearson = float(np.corrcoef(proxy(test).numpy(), Compressibility()(test))[0, 1])
+
+    model = checkpoints.load(args.model).eval()
+    start, samples = time.perf_counter(), []
+    with torch.no_grad():
+        for first in range(0, args.num_samples, args.batch_size):
+            n = min(args.batch_size, args.num_samples - first)
+            generators = [torch.Generator().manual_seed(first + i) for i in range(n)]
+            samples += PretrainedSampling().sample(model, lambda s: [0.0] * len(s), generators).samples
+    seconds = time.perf_counter() - start
+    samples = torch.stack(samples)
+
+    stats = {name: image_stats(classifier, x) for name, x in (("samples", samples), ("test", test), ("train", train))}
+    features = {name: s.pop("features") for name, s in stats.items()}
+    results = {
+        "classifier_test_accuracy": accuracy, "test_images": len(test),
+        "proxy_compress_test_pearson": pearson,
+        "ddpm": {"num_samples": args.num_samples, "sampling_seconds": round(seconds, 1),
+                 "frechet_distance_to_test": frechet_distance(features["samples"], features["test"]),
+                 **stats["samples"]},
+        "train_split": {"frechet_distance_to_test": frechet_distance(features["train"], features["test"]),
+                        **stats["train"]},
+        "test_split": stats["test"],
+        "checkpoints": {name: checkpoints.metadata(path) for name, path in
+                        (("ddpm", args.model), ("classifier", args.classifier), ("proxy", args.proxy))},
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "image_model_quality.json").write_text(json.dumps(results, indent=2) + "\n")
+    rows = [{"index": i, "sample": s, "reward": float(r)} for i, (s, r) in
+            enumerate(zip(samples[:64], Compressibility()(samples[:64])))]
+    ImageFiles()._grid(RESULTS / "mnist_ddpm_samples.png", "MNIST DDPM, DDIM 50 steps (compressibility under each)", rows)
+    print(json.dumps({k: v for k, v in results.items() if k != "checkpoints"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

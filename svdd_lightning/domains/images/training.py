@@ -1,0 +1,115 @@
+"""Training the image domain's own models: a diffusers UNet as a DDPM (noise-prediction loss, EMA copy for
+sampling), and the digit classifier behind the classifier reward."""
+from __future__ import annotations
+
+import copy
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from ...lightning.training import _adamw_with_cosine
+from .diffusers_model import DiffusersDiffusion
+
+
+def denoising_loss(model: DiffusersDiffusion, x0: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor,
+                   class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """DDPM's simple loss: mean squared error of the UNet's output against its target (the noise, v or
+    x_0, by the scheduler's ``prediction_type``) at x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise."""
+    scheduler = model.scheduler
+    noisy = scheduler.add_noise(x0, noise, timesteps)
+    kind = scheduler.config.prediction_type
+    target = {"epsilon": noise, "sample": x0}.get(kind)
+    if kind == "v_prediction":
+        target = scheduler.get_velocity(x0, noise, timesteps)
+    output = model.unet(noisy, timesteps, class_labels=class_labels).sample
+    return F.mse_loss(output[:, :x0.shape[1]], target)
+
+
+class DenoisingPretraining(L.LightningModule):
+    """Trains a :class:`DiffusersDiffusion`'s UNet by the DDPM loss with an exponential moving average.
+
+    ``model`` holds the EMA weights (validated, exported and sampled); the optimiser updates ``online``.
+    Validation uses fixed noise and ``val_timesteps`` evenly spaced timesteps per image, so its loss is
+    comparable between epochs. Class labels are fed to a class-conditional UNet.
+    """
+
+    def __init__(self, model: DiffusersDiffusion, lr: float = 2e-3, weight_decay: float = 0.0,
+                 warmup_steps: int = 200, ema_decay: float = 0.999, val_timesteps: int = 10) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.online = model
+        self.model = copy.deepcopy(model).requires_grad_(False)
+
+    def _labels(self, model: DiffusersDiffusion, labels: torch.Tensor) -> torch.Tensor | None:
+        return labels if model.class_labels else None
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        num_train = self.online.scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, num_train, (len(images),), device=images.device)
+        loss = denoising_loss(self.online, images, timesteps, torch.randn_like(images), self._labels(self.online, labels))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        with torch.no_grad():
+            for ema, online in zip(self.model.parameters(), self.online.parameters()):
+                ema.lerp_(online.detach(), 1 - self.hparams.ema_decay)
+
+    def _eval_step(self, batch, batch_idx: int, stage: str) -> None:
+        images, labels = batch
+        generator = torch.Generator().manual_seed(batch_idx)
+        num_train = self.model.scheduler.config.num_train_timesteps
+        n = self.hparams.val_timesteps
+        losses = []
+        for k in range(n):
+            t = torch.full((len(images),), int((k + 0.5) * num_train / n), device=images.device)
+            noise = torch.randn(images.shape, generator=generator).to(images.device)
+            losses.append(denoising_loss(self.model, images, t, noise, self._labels(self.model, labels)))
+        self.log(f"{stage}/loss", torch.stack(losses).mean(), prog_bar=True, batch_size=len(images), sync_dist=True)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "test")
+
+    def configure_optimizers(self):
+        # the EMA copy never has gradients, so the optimiser steps only ``online``
+        return _adamw_with_cosine(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps)
+
+
+class ImageClassifierTraining(L.LightningModule):
+    """Trains a classifier (logits (B, num_classes)) on (image, label) by cross-entropy; reports accuracy."""
+
+    def __init__(self, network: nn.Module, num_classes: int = 10, lr: float = 2e-3, weight_decay: float = 1e-2,
+                 warmup_steps: int = 100) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["network"])
+        self.network = network
+        self.accuracy = nn.ModuleDict({stage: MulticlassAccuracy(num_classes, average="micro") for stage in ("val", "test")})
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        loss = F.cross_entropy(self.network(images), labels)
+        self.log("train/cross_entropy", loss, prog_bar=True, batch_size=len(labels))
+        return loss
+
+    def _eval_step(self, batch, stage: str) -> None:
+        images, labels = batch
+        logits = self.network(images)
+        self.accuracy[stage].update(logits, labels)
+        self.log(f"{stage}/cross_entropy", F.cross_entropy(logits, labels), batch_size=len(labels), sync_dist=True)
+        self.log(f"{stage}/accuracy", self.accuracy[stage], prog_bar=True)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def configure_optimizers(self):
+        return _adamw_with_cosine(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps)
