@@ -119,3 +119,9 @@ def test_classifier_log_prob_is_differentiable_for_dps(tmp_path):
     pixels = images.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(guidance(pixels).sum(), pixels)
     assert grad.abs().sum() > 0
+
+
+def test_aesthetic_score_names_a_missing_path_in_one_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"AestheticScore\.clip_path: no folder at") as err:
+        AestheticScore(str(tmp_path / "no-clip"), str(tmp_path / "no.pth"))
+    assert "\n" not in str(err.value)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Callable
 
@@ -20,7 +21,8 @@ PARSER_KWARGS = {"exit_on_error": False}
 def _condense(message: str) -> str:
     """One line from a configuration error: the cause inside jsonargparse's report of a union."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
-    causes = [line[2:] for line in lines if line.startswith("- ") and "NoneType" not in line]
+    causes = [line[2:] for line in lines if line.startswith("- ") and "NoneType" not in line
+              and not re.fullmatch(r"- Expected a <class '[\w.]+'>", line)]  # a union's other branches
     if causes:
         return causes[0]
     return " ".join(line for line in lines if not line.startswith("Given value"))

@@ -280,6 +280,9 @@ class StableDiffusion(DiffusersChain):
 
         if not prompts:
             raise ValueError("StableDiffusion.prompts: give at least one prompt")
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"StableDiffusion.path: no folder at {path} (a local Stable Diffusion pipeline in "
+                                    f"diffusers layout; nothing is downloaded)")
         scheduler = DDIMScheduler.load_config(path, subfolder="scheduler", local_files_only=True)
         super().__init__({**scheduler, "_class_name": "DDIMScheduler"}, num_steps, eta, len(prompts))
         self.unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)

@@ -36,6 +36,14 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def require_path(path: str | Path, field: str, folder: bool) -> None:
+    """A one-line FileNotFoundError naming ``field`` when ``path`` is not an existing folder (or file)."""
+    if not (Path(path).is_dir() if folder else Path(path).is_file()):
+        kind = "folder" if folder else "file"
+        raise FileNotFoundError(f"{field}: no {kind} at {path} (nothing is downloaded: give a local path, "
+                                f"see the README's image section)")
+
+
 def as_batch(images: Images) -> torch.Tensor:
     """A (B, C, H, W) tensor of the images."""
     return images if isinstance(images, torch.Tensor) else torch.stack(list(images))
@@ -117,8 +125,11 @@ class NetworkImageReward(RewardFunction):
         return next(self.networks()[0].parameters()).device
 
     def __call__(self, images: Images) -> list[float]:
+        """Scores in float32, also inside a mixed-precision run (autocast is turned off: bf16 rounding
+        would tie the candidates SVDD compares)."""
         batch = as_batch(images)
-        with torch.no_grad():
+        device = self._device()
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
             return torch.cat([self.relaxed(chunk).float().cpu() for chunk in batch.split(self.batch_size)]).tolist()
 
     def to(self, device: torch.device | str) -> "NetworkImageReward":
@@ -177,6 +188,8 @@ class AestheticScore(NetworkImageReward):
     def __init__(self, clip_path: str, predictor_path: str, batch_size: int = 32) -> None:
         from transformers import AutoConfig, CLIPVisionModelWithProjection
 
+        require_path(clip_path, "AestheticScore.clip_path", folder=True)
+        require_path(predictor_path, "AestheticScore.predictor_path", folder=False)
         config = AutoConfig.from_pretrained(clip_path, local_files_only=True)
         if config.model_type == "clip":  # a whole CLIP model: its vision tower and image projection
             config.vision_config.projection_dim = config.projection_dim

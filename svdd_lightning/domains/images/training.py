@@ -31,7 +31,8 @@ def denoising_loss(model: DiffusersDiffusion, x0: torch.Tensor, timesteps: torch
 class DenoisingPretraining(L.LightningModule):
     """Trains a :class:`DiffusersDiffusion`'s UNet by the DDPM loss with an exponential moving average.
 
-    ``model`` holds the EMA weights (validated, exported and sampled); the optimiser updates ``online``.
+    ``model`` holds the EMA weights (validated, exported and sampled; the decay warms up from 0.1 to
+    ``ema_decay``); the optimiser updates ``online``.
     Validation uses fixed noise and ``val_timesteps`` evenly spaced timesteps per image, so its loss is
     comparable between epochs. Class labels are fed to a class-conditional UNet.
     """
@@ -55,9 +56,13 @@ class DenoisingPretraining(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """EMA update with diffusers' warm-up: decay min(ema_decay, (1 + step) / (10 + step)), so the
+        average forgets the random initialisation within the first few hundred steps."""
+        step = self.global_step
+        decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for ema, online in zip(self.model.parameters(), self.online.parameters()):
-                ema.lerp_(online.detach(), 1 - self.hparams.ema_decay)
+                ema.lerp_(online.detach(), 1 - decay)
 
     def _eval_step(self, batch, batch_idx: int, stage: str) -> None:
         images, labels = batch
