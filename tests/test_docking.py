@@ -104,3 +104,31 @@ def test_shipped_receptors_and_config_construction():
     reward = parser.instantiate_classes(config).reward
     assert reward.center == TARGET_BOXES["jak2"][0] and reward.box_size == (20.0, 20.0, 20.0)
     assert reward.receptor.endswith("jak2.pdbqt") and reward.name == "docking"
+
+
+def test_compare_docking_config_runs_on_a_short_grid(tmp_path):
+    """configs/molecules/compare_docking_parp1.yaml end to end: 2 molecules per method on a 4-step grid."""
+    import json
+    from pathlib import Path
+
+    import yaml
+    from tiny_dna import run_cli
+
+    config = yaml.safe_load(Path("configs/molecules/compare_docking_parp1.yaml").read_text())
+    config["model"]["model_args"] = {"num_steps": 4}
+    config["model"]["reward"]["init_args"]["processes"] = 1
+    methods = config["model"]["methods"]
+    methods["best_of_n"]["init_args"]["n"] = 2
+    methods["svdd_pm"]["init_args"].update(num_candidates=2, select_every=2)
+    methods["svdd_pm"]["init_args"]["value"]["init_args"]["x0_steps"] = 2
+    config["data"] = {"num_samples": 2, "batch_size": 2}
+    path = tmp_path / "docking.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    res = run_cli("decode.py", "predict", "--config", str(path), "--output_dir", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"pretrained", "best_of_n", "svdd_pm"}
+    for entry in summary.values():
+        assert entry["n"] == 2 and entry["reward"]["mean"] >= 0.0  # max(0, -Vina score); failures floor at 0
+    assert summary["svdd_pm"]["per_sample"]["reward_calls"] <= 2 * 2 + 1  # 2 selections of 2 candidates, + final
