@@ -33,16 +33,17 @@ def test_a_flat_image_is_more_compressible_than_noise():
     assert grey[0] > grey[1]
 
 
-def test_compressibility_in_worker_processes_matches_and_is_picklable(monkeypatch):
-    monkeypatch.setattr(Compressibility, "min_chunk", 2)
-    images = list(torch.rand(5, 3, 16, 16))
+def test_compressibility_in_worker_processes_matches_and_is_picklable():
+    images = list(torch.rand(40, 3, 16, 16))  # at least 2 x 16: chunks go to the workers
     reward = Compressibility(processes=2)
+    with pytest.raises(ValueError, match="Compressibility.processes"):
+        Compressibility(processes=0)
     try:
         assert reward(images) == Compressibility()(images)
-        assert reward._pool is not None and pickle.loads(pickle.dumps(reward))._pool is None
+        assert reward.workers._pool is not None and pickle.loads(pickle.dumps(reward)).workers._pool is None
     finally:
         reward.close()
-    assert reward._pool is None
+    assert reward.workers._pool is None
 
 
 @pytest.fixture(scope="module")

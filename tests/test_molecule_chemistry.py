@@ -135,11 +135,11 @@ def test_parallel_scores_equal_serial():
     smiles = ([canon(s) for s in KNOWN] + [""]) * 15
     parallel = SA(processes=2)
     try:
-        assert len(smiles) >= 2 * parallel.min_chunk
+        assert len(smiles) >= 2 * parallel.workers.min_chunk
         assert parallel(smiles) == SA()(smiles)
-        assert parallel._pool is not None
+        assert parallel.workers._pool is not None
         restored = pickle.loads(pickle.dumps(parallel))
-        assert restored._pool is None and restored.processes == 2
+        assert restored.workers._pool is None and restored.workers.processes == 2
     finally:
         parallel.close()
 

@@ -113,8 +113,13 @@ def test_minimum_free_energy_sign_alphabets_and_failures():
 
 def test_minimum_free_energy_in_a_process_pool_matches_one_process():
     rng = random.Random(1)
-    seqs = ["".join(rng.choices("ACGU", k=30)) for _ in range(12)]
-    assert MinimumFreeEnergy(processes=2)(seqs) == MinimumFreeEnergy()(seqs)
+    seqs = ["".join(rng.choices("ACGU", k=30)) for _ in range(40)]
+    pooled = MinimumFreeEnergy(processes=2)
+    try:
+        assert pooled(seqs) == MinimumFreeEnergy()(seqs)
+        assert pooled.workers._pool is not None  # 40 sequences: chunks went to the workers
+    finally:
+        pooled.close()
 
 
 def test_upstream_augs_and_gc_content():

@@ -14,10 +14,7 @@ for DPS; ``to(device)`` moves their networks (``DecodingModule`` calls it).
 from __future__ import annotations
 
 import io
-import math
-import multiprocessing
 from abc import abstractmethod
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,6 +27,7 @@ from torch import nn
 
 from ... import checkpoints
 from ...core.reward import RewardFunction
+from ...core.workers import ChunkedWorkers
 
 Images = Sequence[torch.Tensor] | torch.Tensor
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -70,41 +68,23 @@ def _jpeg_chunk(images: list[np.ndarray], quality: int) -> list[float]:
 class Compressibility(RewardFunction):
     """DDPO's JPEG compressibility: -(size in kB of the uint8 image saved as JPEG at ``quality``).
 
-    ``processes`` > 1 encodes batches of at least ``2 * min_chunk`` images in spawned worker processes,
-    started on first use and kept until :meth:`close`; pickling drops them.
+    ``processes`` > 1 encodes batches of at least 32 images in worker processes (:class:`ChunkedWorkers`).
     """
 
     name = "compressibility"
-    min_chunk = 16  # images per worker task; smaller batches are encoded in this process
 
     def __init__(self, quality: int = 95, processes: int = 1) -> None:
         if not 1 <= quality <= 100:
             raise ValueError(f"Compressibility.quality must be in [1, 100], got {quality}")
-        if processes < 1:
-            raise ValueError(f"Compressibility.processes must be at least 1, got {processes}")
-        self.quality, self.processes = quality, processes
-        self._pool: ProcessPoolExecutor | None = None
+        self.quality = quality
+        self.workers = ChunkedWorkers(processes, min_chunk=16, owner="Compressibility")
 
     def __call__(self, images: Images) -> list[float]:
-        arrays = to_uint8(images)
-        if self.processes == 1 or len(arrays) < 2 * self.min_chunk:
-            sizes = _jpeg_chunk(arrays, self.quality)
-        else:
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
-            size = max(self.min_chunk, math.ceil(len(arrays) / (4 * self.processes)))
-            chunks = [arrays[i: i + size] for i in range(0, len(arrays), size)]
-            sizes = [s for part in self._pool.map(partial(_jpeg_chunk, quality=self.quality), chunks) for s in part]
-        return [-s for s in sizes]
+        return [-s for s in self.workers.map(partial(_jpeg_chunk, quality=self.quality), to_uint8(images))]
 
     def close(self) -> None:
         """Stop the worker processes (a later call starts new ones)."""
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_pool": None}
+        self.workers.close()
 
 
 class NetworkImageReward(RewardFunction):

@@ -6,9 +6,6 @@ novelty against a training set, as GDSS reports them.
 """
 from __future__ import annotations
 
-import math
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -19,6 +16,7 @@ from rdkit.Chem import QED as RDKitQED
 from rdkit.Contrib.SA_Score import sascorer
 
 from ...core.reward import RewardFunction
+from ...core.workers import ChunkedWorkers
 
 
 def parse(smiles: str) -> Chem.Mol | None:
@@ -52,39 +50,20 @@ def _score_chunk(score: Callable[[str], float | None], smiles: list[str]) -> lis
 
 
 class _RDKitReward(RewardFunction):
-    """A per-molecule RDKit score over a list of SMILES, optionally over ``processes`` worker processes.
-
-    Workers (spawned, so safe beside threads) start on the first batch of at least ``2 * min_chunk``
-    molecules and live until :meth:`close`; pickling drops them.
-    """
+    """A per-molecule RDKit score over a list of SMILES, optionally over ``processes`` worker processes
+    (:class:`ChunkedWorkers`: batches of at least 128 molecules, 64 or more per task)."""
 
     score: Callable[[str], float | None]
-    min_chunk = 64  # molecules per worker task; smaller batches are scored in this process
 
     def __init__(self, processes: int = 1) -> None:
-        if processes < 1:
-            raise ValueError(f"{self.name}.processes must be at least 1, got {processes}")
-        self.processes = processes
-        self._pool: ProcessPoolExecutor | None = None
+        self.workers = ChunkedWorkers(processes, min_chunk=64, owner=self.name)
 
     def __call__(self, smiles: Sequence[str]) -> list[float | None]:
-        smiles = list(smiles)
-        if self.processes == 1 or len(smiles) < 2 * self.min_chunk:
-            return _score_chunk(self.score, smiles)
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
-        size = max(self.min_chunk, math.ceil(len(smiles) / (4 * self.processes)))
-        chunks = [smiles[i: i + size] for i in range(0, len(smiles), size)]
-        return [v for part in self._pool.map(partial(_score_chunk, self.score), chunks) for v in part]
+        return self.workers.map(partial(_score_chunk, self.score), smiles)
 
     def close(self) -> None:
         """Stop the worker processes (a later call starts new ones)."""
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_pool": None}
+        self.workers.close()
 
 
 class QED(_RDKitReward):

@@ -9,10 +9,11 @@ The MRL reward is an :class:`svdd_lightning.oracle_reward.OracleReward` on the C
 from __future__ import annotations
 
 import math
-from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from typing import Sequence
 
 from ...core.reward import RewardFunction
+from ...core.workers import ChunkedWorkers
 
 
 def _fold_energy(sequence: str, temperature: float) -> float:
@@ -48,27 +49,20 @@ class MinimumFreeEnergy(RewardFunction):
             import RNA  # noqa: F401
         except ImportError as err:
             raise ImportError("MinimumFreeEnergy needs ViennaRNA: pip install viennarna") from err
-        if processes < 1:
-            raise ValueError(f"MinimumFreeEnergy.processes must be >= 1, got {processes}")
-        self.temperature, self.per_nucleotide, self.processes = temperature, per_nucleotide, processes
-        self._pool: ProcessPoolExecutor | None = None
+        self.temperature, self.per_nucleotide = temperature, per_nucleotide
+        self.workers = ChunkedWorkers(processes, min_chunk=16, owner="MinimumFreeEnergy")
 
     def energies(self, sequences: Sequence[str]) -> list[float]:
         """MFE of each sequence in kcal/mol (negative: more negative is more stable)."""
-        if self.processes == 1 or len(sequences) < 2 * self.processes:
-            return _fold_chunk(sequences, self.temperature)
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.processes)
-        size = math.ceil(len(sequences) / self.processes)
-        chunks = [sequences[i: i + size] for i in range(0, len(sequences), size)]
-        return [e for part in self._pool.map(_fold_chunk, chunks, [self.temperature] * len(chunks)) for e in part]
+        return self.workers.map(partial(_fold_chunk, temperature=self.temperature), sequences)
 
     def __call__(self, sequences: Sequence[str]) -> list[float]:
         sequences = list(sequences)
         return [-e / (len(s) if self.per_nucleotide else 1) for s, e in zip(sequences, self.energies(sequences))]
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_pool": None}
+    def close(self) -> None:
+        """Stop the worker processes (a later call starts new ones)."""
+        self.workers.close()
 
 
 class UpstreamAUGs(RewardFunction):
