@@ -119,6 +119,7 @@ def test_compare_docking_config_runs_on_a_short_grid(tmp_path):
     config["model"]["reward"]["init_args"]["processes"] = 1
     methods = config["model"]["methods"]
     methods["best_of_n"]["init_args"]["n"] = 2
+    del methods["svdd_mc"]  # its value network is trained on docked rollouts (configs/molecules/value_mc_docking_parp1.yaml)
     methods["svdd_pm"]["init_args"].update(num_candidates=2, select_every=2)
     methods["svdd_pm"]["init_args"]["value"]["init_args"]["x0_steps"] = 2
     config["data"] = {"num_samples": 2, "batch_size": 2}
