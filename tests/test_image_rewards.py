@@ -11,6 +11,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionMode
 
 from svdd_lightning import Reward, checkpoints
 from svdd_lightning.domains.images.networks import MNISTClassifier
+from tiny_images import random_aesthetic_predictor
 from svdd_lightning.domains.images.rewards import AestheticScore, ClassifierLogProb, Compressibility, clip_preprocess
 
 VISION = dict(hidden_size=8, intermediate_size=16, num_attention_heads=2, num_hidden_layers=1, image_size=30,
@@ -58,11 +59,7 @@ def aesthetic_files(tmp_path_factory):
                                           num_hidden_layers=1, vocab_size=50, bos_token_id=0,
                                           eos_token_id=1, pad_token_id=1),
                          vision_config=VISION, projection_dim=PROJECTION_DIM)).save_pretrained(root / "clip")
-    sizes = [(PROJECTION_DIM, 1024), (1024, 128), (128, 64), (64, 16), (16, 1)]
-    state = {}
-    for index, (n_in, n_out) in zip((0, 2, 4, 6, 7), sizes):
-        state[f"layers.{index}.weight"] = torch.randn(n_out, n_in) / n_in ** 0.5
-        state[f"layers.{index}.bias"] = torch.randn(n_out)
+    state = random_aesthetic_predictor(PROJECTION_DIM)
     torch.save(state, root / "predictor.pth")
     return root, state
 

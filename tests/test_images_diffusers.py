@@ -1,12 +1,10 @@
 """diffusers UNets and Stable Diffusion as DiffusionModels, on tiny random components (nothing downloaded)."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet2DModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import DDPMScheduler, UNet2DModel
 
 from svdd_lightning import DPS, SMC, SVDD, BestOfN, PosteriorMeanValue, PretrainedSampling, Reward, checkpoints
 from svdd_lightning.domains.images.diffusers_model import DiffusersDiffusion, StableDiffusion
@@ -14,6 +12,7 @@ from svdd_lightning.domains.images.networks import MNISTClassifier
 from svdd_lightning.domains.images.rewards import ClassifierLogProb
 from svdd_lightning.core.reward import as_reward
 from svdd_lightning.core.run import Run
+from tiny_images import build_tiny_sd
 
 SCHEDULERS = ("DDIMScheduler", "DDPMScheduler")
 
@@ -208,37 +207,11 @@ def test_dps_with_a_classifier_reward_runs_in_inference_mode(tmp_path):
 
 # --- Stable Diffusion --------------------------------------------------------------------------------
 PROMPTS = ["a cat", "a red dog", "sky"]
-SD15_SCHEDULER = {"_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0", "beta_end": 0.012,
-                  "beta_schedule": "scaled_linear", "beta_start": 0.00085, "num_train_timesteps": 1000,
-                  "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None,
-                  "clip_sample": False}  # SD 1.5's scheduler_config.json
 
 
 @pytest.fixture(scope="module")
 def sd_folder(tmp_path_factory):
-    """A tiny random Stable Diffusion in diffusers layout, with SD 1.5's (PNDM) scheduler config."""
-    root = tmp_path_factory.mktemp("tiny_sd")
-    torch.manual_seed(0)
-    UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-                         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8,
-                         norm_num_groups=2).save_pretrained(root / "unet")
-    AutoencoderKL(block_out_channels=[4, 8], in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=2,
-                  down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                  ).save_pretrained(root / "vae")
-    CLIPTextModel(CLIPTextConfig(hidden_size=8, intermediate_size=16, num_attention_heads=2, num_hidden_layers=2,
-                                 vocab_size=60, max_position_embeddings=12, bos_token_id=0, eos_token_id=1,
-                                 pad_token_id=1)).save_pretrained(root / "text_encoder")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for letter in "abcdefghijklmnopqrstuvwxyz":
-        vocab[letter], vocab[letter + "</w>"] = len(vocab), len(vocab) + 1
-    (root / "vocab.json").write_text(json.dumps(vocab))
-    (root / "merges.txt").write_text("#version: 0.2\n")
-    CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=12).save_pretrained(
-        root / "tokenizer")
-    (root / "scheduler").mkdir()
-    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD15_SCHEDULER))
-    return root
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny_sd"))
 
 
 @pytest.fixture(scope="module")

@@ -7,54 +7,23 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from diffusers import AutoencoderKL, UNet2DConditionModel
 from PIL import Image
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from svdd_lightning.domains.images.diffusers_model import StableDiffusion
 from svdd_lightning.domains.images.outputs import from_pil
 from svdd_lightning.lightning.cli import main_decode
 from svdd_lightning.lightning.decoding import sample_seed
+from tiny_images import IMAGE_SIZE, build_tiny_sd, random_aesthetic_predictor
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "images" / "sd_aesthetic.yaml"
 METHODS = {"pretrained", "best_of_n", "smc", "svdd_pm"}
 PROMPTS = ["cat", "dog"]
 NUM_STEPS, NUM_SAMPLES, BATCH = 2, 4, 2
-VAE_BLOCKS, LATENT_SIZE = [4, 8], 8
-IMAGE_SIZE = LATENT_SIZE * 2 ** (len(VAE_BLOCKS) - 1)  # the VAE upsamples by 2 between blocks: 16
-SD15_SCHEDULER = {"_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
-                  "beta_start": 0.00085, "num_train_timesteps": 1000, "set_alpha_to_one": False,
-                  "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None, "clip_sample": False}
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False}
-
-
-def build_tiny_sd(root: Path) -> Path:
-    """A tiny random Stable Diffusion in diffusers layout, with SD 1.5's (PNDM) scheduler config."""
-    torch.manual_seed(0)
-    UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=LATENT_SIZE, in_channels=4,
-                         out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8,
-                         norm_num_groups=2).save_pretrained(root / "unet")
-    AutoencoderKL(block_out_channels=VAE_BLOCKS, in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=2,
-                  down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                  ).save_pretrained(root / "vae")
-    CLIPTextModel(CLIPTextConfig(hidden_size=8, intermediate_size=16, num_attention_heads=2, num_hidden_layers=2,
-                                 vocab_size=60, max_position_embeddings=12, bos_token_id=0, eos_token_id=1,
-                                 pad_token_id=1)).save_pretrained(root / "text_encoder")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for letter in "abcdefghijklmnopqrstuvwxyz":
-        vocab[letter], vocab[letter + "</w>"] = len(vocab), len(vocab) + 1
-    (root / "vocab.json").write_text(json.dumps(vocab))
-    (root / "merges.txt").write_text("#version: 0.2\n")
-    CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=12).save_pretrained(
-        root / "tokenizer")
-    (root / "scheduler").mkdir()
-    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD15_SCHEDULER))
-    return root
 
 
 def build_tiny_aesthetic(root: Path, projection_dim: int = 12) -> tuple[Path, Path]:
@@ -63,12 +32,7 @@ def build_tiny_aesthetic(root: Path, projection_dim: int = 12) -> tuple[Path, Pa
     CLIPVisionModelWithProjection(CLIPVisionConfig(
         projection_dim=projection_dim, hidden_size=8, intermediate_size=16, num_attention_heads=2,
         num_hidden_layers=1, image_size=30, patch_size=10)).save_pretrained(root / "clip")
-    sizes = [(projection_dim, 1024), (1024, 128), (128, 64), (64, 16), (16, 1)]
-    state = {}
-    for index, (n_in, n_out) in zip((0, 2, 4, 6, 7), sizes):
-        state[f"layers.{index}.weight"] = torch.randn(n_out, n_in) / n_in ** 0.5
-        state[f"layers.{index}.bias"] = torch.randn(n_out)
-    torch.save(state, root / "predictor.pth")
+    torch.save(random_aesthetic_predictor(projection_dim), root / "predictor.pth")
     return root / "clip", root / "predictor.pth"
 
 

@@ -17,7 +17,7 @@ import io
 from abc import abstractmethod
 from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
