@@ -107,7 +107,7 @@ def main() -> None:
     (RESULTS / "image_model_quality.json").write_text(json.dumps(results, indent=2) + "\n")
     rows = [{"index": i, "sample": s, "reward": float(r)} for i, (s, r) in
             enumerate(zip(samples[:64], Compressibility()(samples[:64])))]
-    ImageFiles()._grid(RESULTS / "mnist_ddpm_samples.png", "MNIST DDPM, DDIM 50 steps (compressibility under each)", rows)
+    ImageFiles().write_grid(RESULTS / "mnist_ddpm_samples.png", "MNIST DDPM, DDIM 50 steps (compressibility under each)", rows)
     print(json.dumps({k: v for k, v in results.items() if k != "checkpoints"}, indent=2))
 
 
