@@ -1,4 +1,4 @@
-"""Held-out quality of the shipped DNA models (the figures the README states).
+"""Held-out quality of the shipped DNA models (the figures docs/reproducing.md states).
 
     python benchmarks/dna_model_quality.py --data data/dna/dhs_200bp_4celltypes.tsv.gz
 
@@ -37,7 +37,7 @@ def gc(seqs: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="the DHS regions TSV (see the README's Data section)")
+    parser.add_argument("--data", required=True, help="the DHS regions TSV (see docs/reproducing.md)")
     parser.add_argument("--model", default=str(ROOT / "checkpoints/dna/mdlm"))
     parser.add_argument("--oracles", nargs="*", default=[str(ROOT / "checkpoints/dna/oracle_reward"),
                                                          str(ROOT / "checkpoints/dna/oracle_eval")])

@@ -1,4 +1,4 @@
-"""Quality of the shipped MNIST models (the README's figures).
+"""Quality of the shipped MNIST models (the figures docs/reproducing.md states).
 
     python benchmarks/image_model_quality.py --data data/mnist/mnist_10k.npz [--num-samples 1000]
 
@@ -62,7 +62,7 @@ def image_stats(classifier: torch.nn.Module, images: torch.Tensor) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="MNIST .npz (see the README's image section)")
+    parser.add_argument("--data", required=True, help="MNIST .npz (see docs/reproducing.md)")
     parser.add_argument("--model", default=str(ROOT / "checkpoints/images/ddpm_mnist"))
     parser.add_argument("--classifier", default=str(ROOT / "checkpoints/images/classifier_mnist"))
     parser.add_argument("--proxy", default=str(ROOT / "checkpoints/images/proxy_compress"))

@@ -1,4 +1,4 @@
-"""Quality of the shipped QM9 graph diffusion model, as GDSS reports it (the README's figures).
+"""Quality of the shipped QM9 graph diffusion model, as GDSS reports it (the figures docs/reproducing.md states).
 
     python benchmarks/molecule_model_quality.py --data data/molecules/qm9_smiles.csv.gz [--num-samples 3000]
 
@@ -31,7 +31,7 @@ from svdd_lightning.domains.molecules.rewards import canonical, novelty, uniquen
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="QM9 SMILES CSV (see the README's molecule section)")
+    parser.add_argument("--data", required=True, help="QM9 SMILES CSV (see docs/reproducing.md)")
     parser.add_argument("--model", default=str(ROOT / "checkpoints/molecules/gdss_qm9"))
     parser.add_argument("--num-samples", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=1000)

@@ -1,4 +1,4 @@
-"""Held-out quality of the shipped 5'UTR models (the figures the README states).
+"""Held-out quality of the shipped 5'UTR models (the figures docs/reproducing.md states).
 
     python benchmarks/utr_model_quality.py --data data/utr/human_5utr_mrl.csv.gz \
         [--optimus data/utr/optimus5prime_evolution_model.hdf5]
@@ -60,7 +60,7 @@ def profile(seqs: list[str]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="the 5'UTR MRL table (see the README's UTR section)")
+    parser.add_argument("--data", required=True, help="the 5'UTR MRL table (see docs/reproducing.md)")
     parser.add_argument("--model", default=str(ROOT / "checkpoints/utr/mdlm"))
     parser.add_argument("--oracle", default=str(ROOT / "checkpoints/utr/oracle_mrl"))
     parser.add_argument("--optimus", default=None, help="Optimus 5-Prime HDF5 weights (optional)")

@@ -24,7 +24,7 @@ class PosteriorMeanValue(Value):
     ``x0_steps`` > 1 scores the x_0 reached by that many deterministic denoising steps instead
     (:meth:`DiffusionModel.x0_estimate`; x0_steps - 1 more denoiser calls per candidate): for models
     whose one-step posterior mean is a blur that decodes to no meaningful sample while the outcome is
-    already being decided (GDSS on QM9, measured in the README).
+    already being decided (GDSS on QM9, measured in docs/molecules.md).
     """
 
     def __init__(self, x0_steps: int = 1) -> None:

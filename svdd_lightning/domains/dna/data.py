@@ -2,7 +2,7 @@
 
 The default data are 200-bp DNase-hypersensitive regions of four cell types (HepG2, K562, GM12878,
 hESCT0) from the DNA-Diffusion project (PyPI ``dnadiffusion==0.0.0.dev0``, file
-``data/K562_hESCT0_HepG2_GM12878_12k_sequences_per_group.txt``; see the README). Any TSV with the
+``data/K562_hESCT0_HepG2_GM12878_12k_sequences_per_group.txt``; see docs/reproducing.md). Any TSV with the
 columns ``sequence``, ``split``, ``cell_type`` and ``chr`` works.
 """
 from __future__ import annotations
@@ -34,8 +34,8 @@ def read_regions(path: str | Path) -> pd.DataFrame:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data.path: no file at {path} (get the DHS regions as the README's Data "
-                                f"section says, or pass --data.path)")
+        raise FileNotFoundError(f"data.path: no file at {path} (get the DHS regions as docs/reproducing.md "
+                                f"says, or pass --data.path)")
     frame = pd.read_csv(path, sep="\t")
     if "cell_type" not in frame.columns and "TAG" in frame.columns:
         frame["cell_type"] = frame["TAG"].str.split("_").str[0]

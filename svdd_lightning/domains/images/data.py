@@ -23,7 +23,7 @@ def load_digits(path: str | Path, size: int = 32) -> tuple[torch.Tensor, torch.T
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data.path: no file at {path} (an .npz with 'images' (N, H, W) uint8 and 'labels'; "
-                                f"the README's image section says where MNIST comes from)")
+                                f"docs/reproducing.md says where MNIST comes from)")
     with np.load(path) as data:
         if "images" not in data or "labels" not in data:
             raise ValueError(f"data.path: {path} needs arrays 'images' and 'labels'; it has {list(data)}")

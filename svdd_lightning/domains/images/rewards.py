@@ -39,7 +39,7 @@ def require_path(path: str | Path, field: str, folder: bool) -> None:
     if not (Path(path).is_dir() if folder else Path(path).is_file()):
         kind = "folder" if folder else "file"
         raise FileNotFoundError(f"{field}: no {kind} at {path} (nothing is downloaded: give a local path, "
-                                f"see the README's image section)")
+                                f"see docs/images.md)")
 
 
 def as_batch(images: Images) -> torch.Tensor:

@@ -24,8 +24,8 @@ def read_smiles(path: str | Path, column: str = "SMILES") -> list[str]:
     """The SMILES column of a CSV (optionally gzipped)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data.path: no file at {path} (get the molecules as the README's molecule "
-                                f"section says, or pass --data.init_args.path)")
+        raise FileNotFoundError(f"data.path: no file at {path} (get the molecules as docs/reproducing.md "
+                                f"says, or pass --data.init_args.path)")
     frame = pd.read_csv(path)
     if column not in frame.columns:
         raise ValueError(f"data.path: {path} has no column {column!r}; its columns are {list(frame.columns)}")

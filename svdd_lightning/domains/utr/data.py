@@ -51,8 +51,8 @@ def read_utrs(path: str | Path, sequence_column: str = "utr", target_column: str
     """Read a UTR table (CSV, optionally gzipped) and check the columns this package needs."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data.path: no file at {path} (get the 5'UTR MRL table as the README's UTR "
-                                f"section says, or pass --data.path)")
+        raise FileNotFoundError(f"data.path: no file at {path} (get the 5'UTR MRL table as docs/reproducing.md "
+                                f"says, or pass --data.path)")
     frame = pd.read_csv(path)
     missing = [c for c in (sequence_column, target_column, group_column) if c not in frame.columns]
     if missing:
