@@ -16,6 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .paths import find
+
 PACKAGE = "svdd_lightning."
 
 
@@ -85,7 +87,7 @@ def load(directory: str | Path, map_location: str | torch.device = "cpu", overri
     ``overrides`` replaces top-level constructor arguments that hold no weights, e.g.
     ``{"num_steps": 200}`` to sample a diffusion model on a coarser time grid.
     """
-    directory = Path(directory)
+    directory = find(directory)
     config_path, weights_path = directory / "config.json", directory / "model.safetensors"
     for path in (config_path, weights_path):
         if not path.is_file():
@@ -106,7 +108,7 @@ def load(directory: str | Path, map_location: str | torch.device = "cpu", overri
 
 def metadata(directory: str | Path) -> dict:
     """The ``metadata`` block of a checkpoint config (training figures, data sources)."""
-    return json.loads((Path(directory) / "config.json").read_text()).get("metadata", {})
+    return json.loads((find(directory) / "config.json").read_text()).get("metadata", {})
 
 
 def warm_start(module: nn.Module, directory: str | Path) -> dict[str, int]:
@@ -116,7 +118,7 @@ def warm_start(module: nn.Module, directory: str | Path) -> dict[str, int]:
     layer given an extra [MASK] channel) gets the old weights in its leading slice and keeps zeros
     elsewhere. Returns how many tensors were copied whole, copied into a slice, and left as they were.
     """
-    source = load_file(str(Path(directory) / "model.safetensors"))
+    source = load_file(str(find(directory) / "model.safetensors"))
     counts = {"copied": 0, "sliced": 0, "kept": 0}
     with torch.no_grad():
         for name, target in module.state_dict().items():

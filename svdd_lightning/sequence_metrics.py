@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .core.reward import RewardFunction
+from .paths import find
 
 ALPHABET = "ACGT"
 
@@ -29,7 +30,7 @@ def kmer_frequencies(sequences: list[str], k: int = 3) -> torch.Tensor:
 
 def read_fasta(path: str | Path) -> list[str]:
     """Sequences of a FASTA file (optionally gzipped)."""
-    path = Path(path)
+    path = find(path)
     if not path.is_file():
         raise FileNotFoundError(f"no FASTA file at {path}")
     opener = gzip.open if path.suffix == ".gz" else open

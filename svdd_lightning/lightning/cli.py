@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LightningCLI
 
+from ..paths import find
 from .decoding import DecodingModule, SampleIndexDataModule
 from .writer import DesignWriter
 
@@ -40,8 +41,25 @@ def _one_line_errors(build: Callable[[], LightningCLI]) -> LightningCLI:
         sys.exit(f"error: {' '.join(_condense(message).split())} (SVDD_DEBUG=1 shows the traceback)")
 
 
+def _shipped_configs(args: list[str] | None) -> list[str] | None:
+    """The command line with each ``--config`` path found as :func:`svdd_lightning.paths.find` does:
+    relative to the working directory, else among the shipped configs. ``None`` (read ``sys.argv``)
+    stays ``None``: the process's own command line is updated in place."""
+    found = list(sys.argv[1:] if args is None else args)
+    for i, arg in enumerate(found):
+        if arg == "--config" and i + 1 < len(found):
+            found[i + 1] = str(find(found[i + 1]))
+        elif arg.startswith("--config="):
+            found[i] = "--config=" + str(find(arg.split("=", 1)[1]))
+    if args is None:
+        sys.argv[1:] = found
+        return None
+    return found
+
+
 def main_train(args: list[str] | None = None) -> LightningCLI:
     """``train.py``: any LightningModule/DataModule pair named in the config (subclass mode)."""
+    args = _shipped_configs(args)
     return _one_line_errors(lambda: LightningCLI(
         L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
         save_config_kwargs={"overwrite": True}, parser_kwargs=PARSER_KWARGS, args=args))
@@ -59,6 +77,18 @@ class DecodeCLI(LightningCLI):
 
 
 def main_decode(args: list[str] | None = None) -> LightningCLI:
+    """``decode.py``: a :class:`DecodeCLI` run."""
+    args = _shipped_configs(args)
     torch.set_float32_matmul_precision("high")
     return _one_line_errors(lambda: DecodeCLI(DecodingModule, SampleIndexDataModule,
                                               save_config_kwargs={"overwrite": True}, parser_kwargs=PARSER_KWARGS, args=args))
+
+
+def train_command() -> None:
+    """The ``svdd-train`` console script (``train.py``)."""
+    main_train()
+
+
+def decode_command() -> None:
+    """The ``svdd-decode`` console script (``decode.py``)."""
+    main_decode()

@@ -1,1 +1,1 @@
-"""DNA enhancer design: regulatory-region data, oracles, motif rewards, metrics."""
+"""DNA enhancer design: regulatory-region data, oracles, motif rewards (JASPAR: the ``dna`` extra), metrics."""

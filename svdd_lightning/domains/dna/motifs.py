@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ...core.reward import RewardFunction
+from ...extras import require
 
 LIVER_MOTIF_IDS: tuple[str, ...] = ("MA0114.5", "MA0046.3", "MA0102.5", "MA0047.4")
 """HNF4A, HNF1A, CEBPA, FOXA2 in JASPAR 2024."""
@@ -49,10 +50,9 @@ _ONE_HOT = np.eye(5, 4, dtype=np.float32)  # code 4 (invalid / padding) -> zero 
 
 def _jaspar_db(release: str):
     """A fresh pyjaspar connection to ``release`` (sqlite connections are not shared across threads)."""
-    try:
-        import pyjaspar
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("JasparMotifReward needs the `pyjaspar` package (pip install pyjaspar)") from err
+    require("pyjaspar", extra="dna", feature="JasparMotifReward")
+    import pyjaspar
+
     available = list(getattr(pyjaspar, "jaspar_releases", {}))
     if available and release not in available:  # pyjaspar itself only prints for an unknown release
         raise ValueError(f"JASPAR release {release!r} is not available; available: {available}")

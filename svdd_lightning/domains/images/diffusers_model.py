@@ -36,6 +36,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerOutput
 from ...checkpoints import Configurable
 from ...core.model import DiffusionModel
 from ...core.state import repeat_rows
+from ...extras import require
 
 ImageState = dict[str, torch.Tensor]
 STATELESS_SCHEDULERS = {"DDIMScheduler": DDIMScheduler, "DDPMScheduler": DDPMScheduler}
@@ -276,6 +277,7 @@ class StableDiffusion(DiffusersChain):
 
     def __init__(self, path: str, prompts: Sequence[str], num_steps: int = 50, eta: float = 1.0,
                  guidance_scale: float = 7.5) -> None:
+        require("transformers", extra="images", feature="StableDiffusion")
         from transformers import CLIPTextModel, CLIPTokenizer
 
         if not prompts:

@@ -28,6 +28,7 @@ from torch import nn
 from ... import checkpoints
 from ...core.reward import RewardFunction
 from ...core.workers import ChunkedWorkers
+from ...extras import require
 
 Images = Sequence[torch.Tensor] | torch.Tensor
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -166,6 +167,7 @@ class AestheticScore(NetworkImageReward):
     name = "aesthetic"
 
     def __init__(self, clip_path: str, predictor_path: str, batch_size: int = 32) -> None:
+        require("transformers", extra="images", feature="AestheticScore")
         from transformers import AutoConfig, CLIPVisionModelWithProjection
 
         require_path(clip_path, "AestheticScore.clip_path", folder=True)

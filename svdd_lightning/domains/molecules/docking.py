@@ -28,11 +28,13 @@ from rdkit import Chem, RDLogger
 from rdkit.Chem import AllChem
 
 from ...core.reward import RewardFunction
+from ...extras import require
+from ...paths import find
 from .rewards import canonical
 
 log = logging.getLogger(__name__)
 
-ASSET_RECEPTORS = Path(__file__).resolve().parents[3] / "assets" / "molecules" / "receptors"
+ASSET_RECEPTORS = find("assets/molecules/receptors")
 
 # Box centre and size (x, y, z in Å) of the published targets (MOOD's scorer/docking.py).
 TARGET_BOXES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
@@ -129,11 +131,8 @@ class VinaDocking(RewardFunction):
                  box_size: Sequence[float] | None = None, target: str | None = None, exhaustiveness: int = 1,
                  processes: int = 1, timeout: float = 60.0, seed: int = 0, num_poses: int = 1,
                  name: str = "docking") -> None:
-        try:
-            import meeko  # noqa: F401  (used in the workers)
-            from vina import Vina
-        except ImportError as err:
-            raise ImportError(f"VinaDocking needs vina and meeko ({err}): pip install vina meeko") from None
+        require("vina", "meeko", "gemmi", extra="molecules", feature="VinaDocking")
+        from vina import Vina
         if target is not None:
             if target not in TARGET_BOXES:
                 raise ValueError(f"VinaDocking.target: unknown target {target!r}; known: {sorted(TARGET_BOXES)}")

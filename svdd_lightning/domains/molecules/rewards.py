@@ -17,6 +17,7 @@ from rdkit.Contrib.SA_Score import sascorer
 
 from ...core.reward import RewardFunction
 from ...core.workers import ChunkedWorkers
+from ...paths import find
 
 
 def parse(smiles: str) -> Chem.Mol | None:
@@ -119,7 +120,7 @@ class Novelty:
     name = "novelty"
 
     def __init__(self, path: str | Path, column: str = "SMILES", canonicalise: bool = True) -> None:
-        path = Path(path)
+        path = find(path)
         if not path.is_file():
             raise FileNotFoundError(f"Novelty.path: no file at {path}; pass the training set's SMILES CSV")
         frame = pd.read_csv(path)

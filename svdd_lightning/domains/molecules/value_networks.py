@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ...checkpoints import Configurable
+from ...extras import require
 from ...layers import time_features
 
 
@@ -34,6 +35,7 @@ class GraphGIN(Configurable, nn.Module):
     def __init__(self, num_features: int, hidden: int = 128, num_layers: int = 4, time_dim: int = 64,
                  dropout: float = 0.0) -> None:
         super().__init__()
+        require("torch_geometric", extra="molecules", feature="GraphGIN")
         from torch_geometric.nn import DenseGINConv  # PyG, imported with the network
 
         self.time_dim = time_dim

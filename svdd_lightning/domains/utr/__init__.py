@@ -1,1 +1,1 @@
-"""RNA 5'UTR design: data, rewards, oracles."""
+"""RNA 5'UTR design: data, rewards, oracles (ViennaRNA stability and the Optimus reader: the ``rna`` extra)."""

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...core.reward import RewardFunction
+from ...extras import require
 from ...sequences import tokenize
 
 UTR_LENGTH = 50
@@ -67,10 +68,9 @@ class Optimus5Prime(nn.Module):
 
 def load_optimus5prime(path: str | Path) -> Optimus5Prime:
     """Read the published Keras 1.2 HDF5 weights into an :class:`Optimus5Prime` (eval mode, frozen)."""
-    try:
-        import h5py
-    except ImportError as err:
-        raise ImportError("reading the Optimus 5-Prime weights needs h5py: pip install h5py") from err
+    require("h5py", extra="rna", feature="reading the Optimus 5-Prime weights")
+    import h5py
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Optimus 5-Prime weights: no file at {path}")

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from ...core.reward import RewardFunction
 from ...core.workers import ChunkedWorkers
+from ...extras import require
 
 
 def _fold_energy(sequence: str, temperature: float) -> float:
@@ -45,10 +46,7 @@ class MinimumFreeEnergy(RewardFunction):
     name = "stability"
 
     def __init__(self, temperature: float = 37.0, per_nucleotide: bool = False, processes: int = 1) -> None:
-        try:
-            import RNA  # noqa: F401
-        except ImportError as err:
-            raise ImportError("MinimumFreeEnergy needs ViennaRNA: pip install viennarna") from err
+        require("RNA", extra="rna", feature="MinimumFreeEnergy")
         self.temperature, self.per_nucleotide = temperature, per_nucleotide
         self.workers = ChunkedWorkers(processes, min_chunk=16, owner="MinimumFreeEnergy")
 
