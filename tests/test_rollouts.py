@@ -42,9 +42,9 @@ def model(model_dir) -> MaskedDiffusion:
     return checkpoints.load(model_dir)
 
 
-def datamodule(model_dir: Path, **kwargs) -> RolloutDataModule:
+def datamodule(model: Path | MaskedDiffusion, **kwargs) -> RolloutDataModule:
     args = dict(num_rollouts=8, val_rollouts=8, levels_per_rollout=LEVELS, shard_size=4, batch_size=8)
-    return RolloutDataModule(str(model_dir), GCContent(), **{**args, **kwargs})
+    return RolloutDataModule(str(model) if isinstance(model, Path) else model, GCContent(), **{**args, **kwargs})
 
 
 def sort_pairs(data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -191,3 +191,22 @@ def test_value_regression_fits_under_cpu_ddp(model_dir, tmp_path):
     assert sorted(p.name for p in cache.iterdir()) == ["manifest.json", "train-00000.safetensors",
                                                        "train-00001.safetensors", "val-00000.safetensors",
                                                        "val-00001.safetensors"]
+
+
+def test_a_model_object_gives_the_checkpoints_rollouts_and_its_own_cache(model, model_dir, tmp_path):
+    """RolloutDataModule takes the model itself as DecodingModule does; its cache is tied to its weights."""
+    from_path, from_object = datamodule(model_dir), datamodule(checkpoints.load(model_dir))
+    from_path.setup("fit")
+    from_object.setup("fit")
+    assert_same(from_path.split_data("train"), from_object.split_data("train"))
+    assert not any(p.requires_grad for p in from_object.pretrained.parameters()) and not from_object.pretrained.training
+
+    cache = str(tmp_path / "cache")
+    datamodule(checkpoints.load(model_dir), cache_dir=cache).setup("fit")
+    other = checkpoints.load(model_dir)
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    with pytest.raises(ValueError, match=r"model: .*use a new cache_dir"):
+        datamodule(other, cache_dir=cache).setup("fit")
+    with pytest.raises(ValueError, match="model_args applies to a checkpoint path"):
+        datamodule(other, model_args={"num_steps": 4})

@@ -11,6 +11,7 @@ files store a dict state's leaves as ``<key>.<leaf>``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -31,6 +32,7 @@ from ..core.model import DiffusionModel
 from ..core.reward import Reward, RewardFn, RewardFunction, as_reward
 from ..core.run import Run
 from ..core.state import State, batch_size, concat_rows, index_rows
+from ..paths import find
 from ..sequence_metrics import read_fasta
 from .decoding import sample_seed
 
@@ -147,9 +149,12 @@ class RolloutDataModule(L.LightningDataModule):
     sampler would shard the rank's data a second time).
 
     Args:
-        model: checkpoint directory of the frozen pretrained diffusion model.
+        model: checkpoint directory of the frozen pretrained diffusion model, or the model itself
+            (any :class:`~svdd_lightning.DiffusionModel`; in a config a ``class_path``); it is kept
+            frozen in eval mode and moved to the trainer's device.
         reward: batched reward on decoded samples.
-        num_rollouts, val_rollouts: training and validation rollouts, multiples of ``shard_size``.
+        num_rollouts: training rollouts, a multiple of ``shard_size``.
+        val_rollouts: held-out validation rollouts, a multiple of ``shard_size``.
         levels_per_rollout: states kept per rollout, distinct levels from 1 .. num_steps-1.
         shard_size: rollouts per shard (the unit of generation, caching and DDP partition).
         cache_dir: where shards are stored as ``<train|val>-<k:05d>.safetensors`` and reused;
@@ -162,10 +167,10 @@ class RolloutDataModule(L.LightningDataModule):
         samples: FASTA file of clean sequences, for ``source: forward_noising``.
         chunk_size: at most this many rows per denoiser call during rollouts.
         model_args: constructor arguments of the checkpoint replaced for the rollouts (e.g.
-            ``num_steps``: roll out the chain the decoder will run).
+            ``num_steps``: roll out the chain the decoder will run); only with a checkpoint path.
     """
 
-    def __init__(self, model: str, reward: RewardFunction, num_rollouts: int = 4096, val_rollouts: int = 512,
+    def __init__(self, model: str | DiffusionModel, reward: RewardFunction, num_rollouts: int = 4096, val_rollouts: int = 512,
                  levels_per_rollout: int = 16, shard_size: int = 256, cache_dir: str | None = None, seed: int = 0,
                  batch_size: int = 256, reward_floor: float = 0.0, source: str = "rollouts",
                  samples: str | None = None, chunk_size: int | None = None, model_args: dict | None = None) -> None:
@@ -180,7 +185,9 @@ class RolloutDataModule(L.LightningDataModule):
         if (source == "forward_noising") != (samples is not None):
             raise ValueError("data.samples (a FASTA file) is required with data.source: forward_noising, "
                              "and only then")
-        self.model_path = model
+        if model_args and not isinstance(model, str):
+            raise ValueError("data.model_args applies to a checkpoint path; set the arguments on the model object")
+        self.model = model
         self.reward = Reward(reward, floor=reward_floor)
         self.num_rollouts, self.val_rollouts = num_rollouts, val_rollouts
         self.levels_per_rollout, self.shard_size = levels_per_rollout, shard_size
@@ -269,7 +276,10 @@ class RolloutDataModule(L.LightningDataModule):
         """
         if self.pretrained is None:
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-            self.pretrained = checkpoints.load(self.model_path, map_location=device, overrides=self.model_args)
+            if isinstance(self.model, str):
+                self.pretrained = checkpoints.load(self.model, map_location=device, overrides=self.model_args)
+            else:
+                self.pretrained = self.model.to(device)
             self.pretrained.eval().requires_grad_(False)
             if callable(getattr(self.reward.fn, "to", None)):
                 self.reward.fn.to(device)
@@ -293,7 +303,7 @@ class RolloutDataModule(L.LightningDataModule):
     def _manifest(self) -> dict:
         return {"format": FORMAT, "seed": self.seed, "levels_per_rollout": self.levels_per_rollout, "shard_size": self.shard_size,
                 "num_rollouts": self.num_rollouts, "source": self.source,
-                "model": str(Path(self.model_path).resolve()), "model_args": self.model_args,
+                "model": _model_identity(self.model), "model_args": self.model_args,
                 "samples": None if self.samples is None else str(Path(self.samples).resolve()),
                 "reward": self.reward.name, "reward_floor": self.reward.floor}
 
@@ -310,6 +320,18 @@ class RolloutDataModule(L.LightningDataModule):
             return
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n"))
+
+
+def _model_identity(model: str | DiffusionModel) -> str:
+    """What a rollout cache records of its model: the checkpoint's resolved path, or the class of a model
+    object with a digest of its weights (a cache made with other weights is then refused)."""
+    if isinstance(model, str):
+        return str(find(model).resolve())
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return f"{type(model).__module__}.{type(model).__qualname__}:{digest.hexdigest()}"
 
 
 class PairDataset(Dataset):
