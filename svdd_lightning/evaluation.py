@@ -23,7 +23,12 @@ class SampleMetric(ABC):
 
 
 class ScoreMetric(SampleMetric):
-    """A batched callable on decoded samples, e.g. an evaluation oracle; failures score NaN."""
+    """A batched callable on decoded samples, e.g. an evaluation oracle; failures score NaN.
+
+    Args:
+        fn: the score, a batched callable on decoded samples (e.g. an independent evaluation oracle).
+        threshold: also report the fraction of samples scoring above it (``fraction_above_<threshold>``).
+    """
 
     def __init__(self, fn: RewardFunction, threshold: float | None = None) -> None:
         self.fn = Reward(fn, floor=float("nan"))
@@ -34,7 +39,12 @@ class ScoreMetric(SampleMetric):
 
 
 class ELBOMetric(SampleMetric):
-    """Approximate log-likelihood under the pretrained model: its Monte-Carlo ELBO, nats per sample."""
+    """Approximate log-likelihood under the pretrained model: its Monte-Carlo ELBO, nats per sample.
+
+    Args:
+        num_times: Monte-Carlo diffusion times per sample.
+        seed: seed of the Monte-Carlo draws of times and masks.
+    """
 
     def __init__(self, num_times: int = 16, seed: int = 0) -> None:
         self.num_times, self.seed = num_times, seed

@@ -18,6 +18,14 @@ class OracleReward(RewardFunction):
     probability). ``alphabet`` is the token order the network was trained on; T and U read alike.
     Sequences with other symbols score NaN (floored by :class:`Reward`). ``relaxed`` scores
     one-hot probabilities (N, L, V) differentiably, for DPS.
+
+    Args:
+        checkpoint: directory of the oracle network, written by ``train.py fit`` (``ExportBest``).
+        output: ``raw`` (the network's output: a logit or a regression) or ``sigmoid`` (a classifier's
+            probability).
+        alphabet: the token order the network was trained on (T and U read alike).
+        batch_size: sequences per network call.
+        name: the reward's name in outputs (default ``oracle:<checkpoint directory name>``).
     """
 
     def __init__(self, checkpoint: str, output: str = "raw", alphabet: str = "ACGT", batch_size: int = 1024,

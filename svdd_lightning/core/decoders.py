@@ -70,7 +70,11 @@ class Decoder(ABC):
 
 
 class PretrainedSampling(Decoder):
-    """Ancestral sampling from p_pre: the baseline every guided method is compared with."""
+    """Ancestral sampling from p_pre: the baseline every guided method is compared with.
+
+    Args:
+        chunk_size: at most this many rows per denoiser call (None: the whole batch at once).
+    """
 
     def _decode(self, run: Run, generators: list[torch.Generator]) -> State:
         return ancestral(run, run.initial_state(generators), generators)
@@ -94,7 +98,12 @@ def advance(run: Run, current: Candidates, stop: int, generators: list[torch.Gen
 
 
 class BestOfN(Decoder):
-    """N independent pretrained samples per output; keep the one with the highest reward."""
+    """N independent pretrained samples per output; keep the one with the highest reward.
+
+    Args:
+        n: pretrained samples drawn per output (N); the one with the highest reward is kept.
+        chunk_size: at most this many rows per denoiser call (None: the whole batch at once).
+    """
 
     def __init__(self, n: int = 10, chunk_size: int | None = None) -> None:
         super().__init__(chunk_size)
@@ -122,6 +131,16 @@ class SVDD(Decoder):
     (a draw from p_pre(x_{k+K} | x_k)) before it is scored. The denoiser cost stays M per step; the
     value (for SVDD-PM, the reward) is evaluated K times less often, for rewards too slow to call at
     every step (docking, simulators).
+
+    Args:
+        value: the soft value of the candidates: ``PosteriorMeanValue`` (SVDD-PM) or ``NetworkValue``
+            (SVDD-MC).
+        num_candidates: M, candidates drawn from the pretrained model per sample and step (1: pretrained
+            sampling).
+        alpha: temperature of the selection: 0 keeps the candidate of highest value, alpha > 0 samples from
+            softmax(v / alpha).
+        select_every: K, steps between selections; each candidate runs K pretrained steps before it is scored.
+        chunk_size: at most this many rows per denoiser call (None: the whole batch at once).
     """
 
     def __init__(self, value: Value, num_candidates: int = 10, alpha: float = 0.0, select_every: int = 1,
@@ -180,6 +199,16 @@ class SMC(Decoder):
     (1.0: every step), and always at the end; resampling never mixes conditions. A population's
     resampling uses its first sample's generator, so a particle's output depends on the whole batch
     it was decoded with.
+
+    Args:
+        value: the value of the particles (``PosteriorMeanValue`` or ``NetworkValue``).
+        alpha: temperature (> 0) of the weights exp(potential / alpha).
+        ess_threshold: resample a population when its effective sample size falls below this fraction of its
+            size (1.0: every step).
+        resampling: ``multinomial`` or ``systematic``.
+        potential: ``difference`` (Algorithm 4), or FK steering's ``max`` or ``sum`` of the values along the
+            path.
+        chunk_size: at most this many rows per denoiser call (None: the whole batch at once).
     """
 
     POTENTIALS = ("difference", "max", "sum")
@@ -229,6 +258,10 @@ class DPS(Decoder):
     masked discrete models on the one-hot relaxation; ``gradient_calls`` counts the reward
     gradients). The reward must be differentiable: its callable has a ``relaxed(x)`` method on
     relaxed states.
+
+    Args:
+        scale: guidance strength: the denoiser output is tilted by scale x the reward gradient at x0_hat.
+        chunk_size: at most this many rows per denoiser call (None: the whole batch at once).
     """
 
     def __init__(self, scale: float = 1.0, chunk_size: int | None = None) -> None:

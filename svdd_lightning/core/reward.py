@@ -25,7 +25,13 @@ class RewardFunction(ABC):
 
 
 class FunctionReward(RewardFunction):
-    """A plain batched function as a configurable reward: ``function: mypackage.module.my_reward``."""
+    """A plain batched function as a configurable reward: ``function: mypackage.module.my_reward``.
+
+    Args:
+        function: a batched function, samples in and one float per sample out (``None`` or NaN: cannot
+            score), by its import path.
+        name: the reward's name in outputs (default: the function's name).
+    """
 
     def __init__(self, function: Callable[[Sequence[Any]], Sequence[float]], name: str | None = None) -> None:
         self.function = function
@@ -95,7 +101,12 @@ class Reward:
 
 
 class WeightedSum(RewardFunction):
-    """sum_i w_i r_i(x) of several batched rewards; a sample any term cannot score scores NaN."""
+    """sum_i w_i r_i(x) of several batched rewards; a sample any term cannot score scores NaN.
+
+    Args:
+        rewards: term name -> reward; each term is also logged on its own.
+        weights: term name -> weight (a term not named here has weight 1).
+    """
 
     def __init__(self, rewards: dict[str, RewardFunction], weights: dict[str, float] | None = None) -> None:
         if not rewards:
@@ -122,6 +133,11 @@ class ProxyGuided(RewardFunction):
     Decoding, selection and evaluation call ``reward`` on decoded samples; DPS follows the gradient
     of ``proxy(x, t)`` at time ``time`` on relaxed clean states (x0_hat), e.g. SVDD-MC's value network
     at t = 0, or a network regressed on the reward. ``proxy`` is a module or a checkpoint directory.
+
+    Args:
+        reward: the reward used for decoding, selection and evaluation.
+        proxy: a differentiable network ``proxy(x, t)`` or its checkpoint directory; DPS follows its gradient.
+        time: the diffusion time at which the proxy is called on x0_hat (0: clean).
     """
 
     def __init__(self, reward: RewardFunction, proxy: Any, time: float = 0.0) -> None:

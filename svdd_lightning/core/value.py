@@ -25,6 +25,9 @@ class PosteriorMeanValue(Value):
     (:meth:`DiffusionModel.x0_estimate`; x0_steps - 1 more denoiser calls per candidate): for models
     whose one-step posterior mean is a blur that decodes to no meaningful sample while the outcome is
     already being decided (GDSS on QM9, measured in docs/molecules.md).
+
+    Args:
+        x0_steps: deterministic denoising steps to the scored x_0 (1: Tweedie's one-step posterior mean).
     """
 
     def __init__(self, x0_steps: int = 1) -> None:
@@ -41,6 +44,10 @@ class NetworkValue(Value):
 
     ``network`` is an ``nn.Module`` called as ``network(x, t)`` with ``t`` the diffusion time of each
     row, or the path of a checkpoint directory saved with :func:`svdd_lightning.checkpoints.save`.
+
+    Args:
+        network: the value network, called as ``network(x, t)``, or the directory of a checkpoint saved by
+            ``train.py fit``.
     """
 
     def __init__(self, network: nn.Module | str) -> None:

@@ -26,6 +26,14 @@ class MaskedDiffusion(Configurable, DiffusionModel):
     probability (t - s) / t, drawing it from the denoiser's p(x_0 | x_t); unmasked tokens stay.
     With ``time_conditioning=False`` (MDLM's default) the denoiser ignores t, so an unchanged
     state reuses its cached prediction.
+
+    Args:
+        backbone: the denoiser network: tokens (B, L) (and times) -> logits over the alphabet and [MASK].
+        alphabet: the tokens, e.g. ``ACGT``; [MASK] is the extra last token.
+        seq_len: sequence length L.
+        num_steps: sampling steps T.
+        schedule: the noise schedule (default: MDLM's log-linear).
+        time_conditioning: whether the backbone takes the time (MDLM: no).
     """
 
     def __init__(self, backbone: nn.Module, alphabet: str, seq_len: int, num_steps: int = 128,

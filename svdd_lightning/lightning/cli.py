@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import os
 import re
 import sys
@@ -9,11 +11,10 @@ from typing import Callable
 
 import lightning as L
 import torch
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningCLI
 
 from ..paths import find
-from .decoding import DecodingModule, SampleIndexDataModule
-from .writer import DesignWriter
 
 USER_ERRORS = (FileNotFoundError, ValueError, KeyError, TypeError, argparse.ArgumentError)
 PARSER_KWARGS = {"exit_on_error": False}
@@ -57,31 +58,129 @@ def _shipped_configs(args: list[str] | None) -> list[str] | None:
     return found
 
 
+# What each command lists in --help: the modules are imported (those of domains whose extra is
+# installed) so that their classes appear among the known subclasses of the config's fields.
+TRAINING_MODULES = (
+    "svdd_lightning.lightning.training", "svdd_lightning.lightning.rollouts",
+    "svdd_lightning.domains.dna.data", "svdd_lightning.domains.utr.data",
+    "svdd_lightning.domains.molecules.data", "svdd_lightning.domains.molecules.training",
+    "svdd_lightning.domains.images.data", "svdd_lightning.domains.images.training",
+)
+DECODING_MODULES = (
+    "svdd_lightning.diffusion", "svdd_lightning.oracle_reward", "svdd_lightning.sequence_metrics",
+    "svdd_lightning.evaluation", "svdd_lightning.domains.dna.motifs", "svdd_lightning.domains.utr.rewards",
+    "svdd_lightning.domains.utr.optimus", "svdd_lightning.domains.molecules.graph_diffusion",
+    "svdd_lightning.domains.molecules.rewards", "svdd_lightning.domains.molecules.docking",
+    "svdd_lightning.domains.molecules.outputs", "svdd_lightning.domains.images.diffusers_model",
+    "svdd_lightning.domains.images.rewards", "svdd_lightning.domains.images.outputs",
+)
+
+
+def _import_available(modules: tuple[str, ...]) -> None:
+    """Import ``modules``, skipping those whose domain's extra is not installed."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+
+
+def _listing(title: str, base: type) -> str:
+    """``title`` and one line per imported subclass of ``base`` in svdd_lightning: its class path and the
+    first line of its docstring."""
+    seen, lines, todo = set(), [], list(base.__subclasses__())
+    while todo:
+        cls = todo.pop(0)
+        todo.extend(cls.__subclasses__())
+        path = f"{cls.__module__}.{cls.__qualname__}"
+        if path in seen or not path.startswith("svdd_lightning.") or cls.__name__.startswith("_") or inspect.isabstract(cls):
+            continue
+        seen.add(path)
+        paragraph = " ".join((inspect.getdoc(cls) or "").split("\n\n")[0].split())
+        summary = re.split(r"(?<!e\.g)(?<!i\.e)\.\s", paragraph)[0].rstrip(".") + "."
+        lines.append(f"  {path}\n      {summary}")
+    return f"{title}:\n" + "\n".join(sorted(lines))
+
+
+class _ListingFormatter(DefaultHelpFormatter):
+    """jsonargparse's help, with the description and the class listing kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
+def _decode_epilog() -> str:
+    from ..core.decoders import Decoder
+    from ..core.model import DiffusionModel
+    from ..core.reward import RewardFunction
+    from ..core.value import Value
+
+    sections = [_listing("Decoding methods (model.methods: {name: {class_path, init_args}})", Decoder),
+                _listing("Values of SVDD and SMC (value)", Value),
+                _listing("Rewards and evaluation scores (model.reward, model.metrics, set_metrics)", RewardFunction),
+                _listing("Diffusion models (model.model: a checkpoint directory, or a class_path)", DiffusionModel)]
+    return ("\n\n".join(sections) + "\n\nThe parameters of a reward or a model, with their descriptions:\n"
+            "  --model.reward.help CLASS, --model.model.help CLASS\n"
+            "Those of the methods and values: docs/methods.md and the API reference (mkdocs).")
+
+
 def main_train(args: list[str] | None = None) -> LightningCLI:
     """``train.py``: any LightningModule/DataModule pair named in the config (subclass mode)."""
     args = _shipped_configs(args)
+    _import_available(TRAINING_MODULES)
+    epilog = "\n\n".join([_listing("Training modules (model: {class_path, init_args})", L.LightningModule),
+                           _listing("DataModules (data)", L.LightningDataModule)])
+    epilog += "\n\nTheir parameters, with their descriptions: --model.help CLASS, --data.help CLASS"
+    parser_kwargs = {**PARSER_KWARGS, "formatter_class": _ListingFormatter,
+                     "fit": {**PARSER_KWARGS, "epilog": epilog}}
     return _one_line_errors(lambda: LightningCLI(
         L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True}, parser_kwargs=PARSER_KWARGS, args=args))
+        save_config_kwargs={"overwrite": True}, parser_kwargs=parser_kwargs, args=args))
+
+
+CKPT_PATH_MESSAGE = ("decode.py predict takes no --ckpt_path: name the pretrained model's checkpoint directory in "
+                     "model.model (--model.model DIR), a value network in NetworkValue's network (a directory "
+                     "written by train.py fit); to resume an interrupted run, run the same command with the same "
+                     "--output_dir")
 
 
 class DecodeCLI(LightningCLI):
-    """``decode.py``: a :class:`DecodingModule` over :class:`SampleIndexDataModule`, with ``--output_dir``."""
+    """``decode.py``: a :class:`DecodingModule` over :class:`SampleIndexDataModule`, with ``--output_dir``;
+    ``predict`` is its only subcommand and it has no optimizer options."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {"predict": {"model", "dataloaders", "datamodule", "weights_only"}}
 
     def add_arguments_to_parser(self, parser) -> None:
+        from .writer import DesignWriter
+
         parser.add_argument("--output_dir", type=str, default="results", help="where the results are written")
         parser.add_lightning_class_args(DesignWriter, "writer")
         parser.link_arguments("output_dir", "writer.output_dir")
         parser.link_arguments("output_dir", "data.output_dir")
         parser.link_arguments("output_dir", "trainer.default_root_dir")
 
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        if self.config.get("predict", {}).get("ckpt_path") is not None:
+            raise ValueError(CKPT_PATH_MESSAGE)
+
 
 def main_decode(args: list[str] | None = None) -> LightningCLI:
     """``decode.py``: a :class:`DecodeCLI` run."""
+    from .decoding import DecodingModule, SampleIndexDataModule
+
     args = _shipped_configs(args)
+    _import_available(DECODING_MODULES)
     torch.set_float32_matmul_precision("high")
-    return _one_line_errors(lambda: DecodeCLI(DecodingModule, SampleIndexDataModule,
-                                              save_config_kwargs={"overwrite": True}, parser_kwargs=PARSER_KWARGS, args=args))
+    # (jsonargparse gives a subcommand its parent's formatter)
+    parser_kwargs = {**PARSER_KWARGS, "formatter_class": _ListingFormatter, "predict": {
+        **PARSER_KWARGS, "description": "Decode with every method of the config and write the comparison (docs/cli.md).",
+        "epilog": _decode_epilog()}}
+    return _one_line_errors(lambda: DecodeCLI(DecodingModule, SampleIndexDataModule, auto_configure_optimizers=False,
+                                              save_config_kwargs={"overwrite": True}, parser_kwargs=parser_kwargs,
+                                              args=args))
 
 
 def train_command() -> None:

@@ -6,7 +6,6 @@ its particles are the batch).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -22,12 +21,9 @@ from ..core.reward import Reward, RewardFunction
 from ..core.value import NetworkValue
 from ..evaluation import SampleMetric, ScoreMetric
 
+from ..seeds import sample_seed  # noqa: F401  (re-exported: it used to live here)
+
 PARTS = "parts"
-
-
-def sample_seed(seed: int, method: str, index: int) -> int:
-    digest = hashlib.blake2b(f"{seed}:{method}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 class DecodingModule(L.LightningModule):

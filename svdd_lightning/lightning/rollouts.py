@@ -34,7 +34,7 @@ from ..core.run import Run
 from ..core.state import State, batch_size, concat_rows, index_rows
 from ..paths import find
 from ..sequence_metrics import read_fasta
-from .decoding import sample_seed
+from ..seeds import sample_seed
 
 SOURCES = ("rollouts", "forward_noising")
 SPLITS = ("train", "val")

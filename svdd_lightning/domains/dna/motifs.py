@@ -84,7 +84,18 @@ def _fetch_counts(release: str, motif_ids: Sequence[str]) -> list[tuple[str, np.
 
 
 class JasparMotifReward(RewardFunction):
-    """Batched motif-match reward over DNA strings; see the module docstring for the scoring."""
+    """Batched motif-match reward over DNA strings; see the module docstring for the scoring.
+
+    Args:
+        motif_ids: JASPAR matrix IDs (default: HNF4A, HNF1A, CEBPA, FOXA2).
+        release: the JASPAR release read through pyjaspar.
+        pseudocount: total pseudo-counts added to each column, spread by the background.
+        background: base frequencies (A, C, G, T) of the log-odds.
+        aggregate: ``max`` (mean over motifs of the best normalised match) or ``count`` (positions reaching
+            ``threshold``, summed over motifs).
+        threshold: normalised score a window must reach to count (``aggregate: count``).
+        matrices: count matrices (4, width) by motif name, instead of reading JASPAR (Python only).
+    """
 
     name = "jaspar_liver_motifs"
 

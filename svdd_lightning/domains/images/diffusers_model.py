@@ -263,7 +263,8 @@ class StableDiffusion(DiffusersChain):
     Args:
         path: the local pipeline folder; nothing is downloaded. Its scheduler config is read as DDIM's.
         prompts: sample i is conditioned on ``prompts[i % len(prompts)]``.
-        num_steps, eta: DDIM steps and noise scale (> 0).
+        num_steps: DDIM steps.
+        eta: DDIM's noise scale (> 0).
         guidance_scale: classifier-free guidance, eps = eps_u + scale * (eps_c - eps_u).
 
     State: ``{"latents": (B, 4, h, w), "prompt_embeds": (B, L, D), "prompt_id": (B,)}``: each row carries its

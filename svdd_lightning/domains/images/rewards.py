@@ -70,6 +70,10 @@ class Compressibility(RewardFunction):
     """DDPO's JPEG compressibility: -(size in kB of the uint8 image saved as JPEG at ``quality``).
 
     ``processes`` > 1 encodes batches of at least 32 images in worker processes (:class:`ChunkedWorkers`).
+
+    Args:
+        quality: JPEG quality (DDPO: 95).
+        processes: worker processes that encode in parallel (1: in this process).
     """
 
     name = "compressibility"
@@ -199,7 +203,13 @@ class AestheticScore(NetworkImageReward):
 
 class ClassifierLogProb(NetworkImageReward):
     """log p(``target_class`` | image) of a classifier saved with :func:`svdd_lightning.checkpoints.save`
-    (e.g. :class:`~.networks.MNISTClassifier`), called on images in [0, 1]."""
+    (e.g. :class:`~.networks.MNISTClassifier`), called on images in [0, 1].
+
+    Args:
+        checkpoint: directory of the classifier checkpoint.
+        target_class: the class whose log-probability is the reward.
+        batch_size: images per network call.
+    """
 
     def __init__(self, checkpoint: str, target_class: int, batch_size: int = 256) -> None:
         self.network = checkpoints.load(checkpoint).requires_grad_(False)
@@ -215,7 +225,12 @@ class ClassifierLogProb(NetworkImageReward):
 
 
 class ClassifierConfidence(ClassifierLogProb):
-    """max_c p(c | image) of a classifier checkpoint: near 1 for a clear digit, low for noise or a blank."""
+    """max_c p(c | image) of a classifier checkpoint: near 1 for a clear digit, low for noise or a blank.
+
+    Args:
+        checkpoint: directory of the classifier checkpoint.
+        batch_size: images per network call.
+    """
 
     def __init__(self, checkpoint: str, batch_size: int = 256) -> None:
         super().__init__(checkpoint, target_class=0, batch_size=batch_size)
@@ -227,7 +242,11 @@ class ClassifierConfidence(ClassifierLogProb):
 
 class InkFraction(RewardFunction):
     """Fraction of pixels brighter than ``threshold`` (mean over channels): 0 for a blank image, 0.10 on
-    average for an MNIST digit padded to 32 x 32, near 0.5 for uniform noise."""
+    average for an MNIST digit padded to 32 x 32, near 0.5 for uniform noise.
+
+    Args:
+        threshold: brightness (in [0, 1]) above which a pixel counts as ink.
+    """
 
     name = "ink_fraction"
 

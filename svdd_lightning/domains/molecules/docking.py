@@ -125,6 +125,18 @@ class VinaDocking(RewardFunction):
     Counters: ``docked`` molecules docked, ``cached`` samples served from ``scores``, ``failed`` samples
     scored None otherwise (invalid SMILES included), ``timeouts`` molecules stopped at ``timeout``.
     Worker processes live until :meth:`close`; pickling drops them.
+
+    Args:
+        receptor: the receptor's PDBQT file (default: the shipped one of ``target``).
+        center: box centre (x, y, z) in Å (default: ``target``'s).
+        box_size: box size (x, y, z) in Å (default: ``target``'s).
+        target: one of parp1, fa7, 5ht1b, jak2, braf: its box and shipped receptor.
+        exhaustiveness: Vina's search exhaustiveness.
+        processes: worker processes that dock in parallel.
+        timeout: seconds after which a molecule's docking is stopped (it scores None).
+        seed: seed of the conformer and of the Vina search.
+        num_poses: poses Vina keeps; the best score is the reward.
+        name: the reward's name in outputs.
     """
 
     def __init__(self, receptor: str | None = None, center: Sequence[float] | None = None,

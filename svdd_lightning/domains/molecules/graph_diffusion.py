@@ -52,6 +52,19 @@ class GraphDiffusion(Configurable, DiffusionModel):
     with n atoms (the training set's sizes, set by the pretraining module; the prior draws the size
     first). ``atoms`` names
     the feature channels (decoding to molecules is the job of :mod:`.graphs`).
+
+    Args:
+        x_network: GDSS's ScoreNetworkX for the node features.
+        adj_network: GDSS's ScoreNetworkA for the adjacency.
+        x_sde: the SDE of the node features (VE or VP).
+        adj_sde: the SDE of the adjacency.
+        atoms: the element of each feature channel.
+        max_nodes: the largest number of atoms.
+        num_nodes_probs: probability of each molecule size 1 .. max_nodes (the training set's).
+        num_steps: sampling steps of the predictor-corrector sampler.
+        snr: signal-to-noise ratio of the Langevin corrector.
+        scale_eps: scale of the corrector's noise.
+        eps: the last time of the sampling grid (t runs from 1 to eps).
     """
 
     proposal_denoiser_calls = 1

@@ -68,14 +68,22 @@ class _RDKitReward(RewardFunction):
 
 
 class QED(_RDKitReward):
-    """Quantitative estimate of drug-likeness in [0, 1] (``rdkit.Chem.QED.qed``); None for invalid SMILES."""
+    """Quantitative estimate of drug-likeness in [0, 1] (``rdkit.Chem.QED.qed``); None for invalid SMILES.
+
+    Args:
+        processes: worker processes that score in parallel (1: in this process).
+    """
 
     name = "qed"
     score = staticmethod(qed_score)
 
 
 class SA(_RDKitReward):
-    """Synthetic accessibility as (10 - SA) / 9 in [0, 1], higher is easier; None for invalid SMILES."""
+    """Synthetic accessibility as (10 - SA) / 9 in [0, 1], higher is easier; None for invalid SMILES.
+
+    Args:
+        processes: worker processes that score in parallel (1: in this process).
+    """
 
     name = "sa"
     score = staticmethod(sa_score)

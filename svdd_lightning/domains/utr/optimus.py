@@ -105,6 +105,10 @@ class OptimusScore(RewardFunction):
     """Optimus 5-Prime's z-scored MRL prediction for 50-nt 5'UTRs (ACGU or ACGT, any case).
 
     A sequence of another length or with a symbol outside ACGT/U scores NaN.
+
+    Args:
+        path: the published Keras HDF5 weights (``evolution_model.hdf5``).
+        batch_size: sequences per network call.
     """
 
     name = "optimus5prime"

@@ -41,6 +41,11 @@ class MinimumFreeEnergy(RewardFunction):
     human 5'UTRs score 0 to about 30. ``per_nucleotide`` divides by the length (kcal/mol per nt),
     to compare lengths. ``processes`` > 1 folds in a pool of worker processes (about 1 ms per 50-nt
     sequence on one core). Symbols outside ACGU/ACGT score NaN (floored by :class:`Reward`).
+
+    Args:
+        temperature: folding temperature in °C.
+        per_nucleotide: divide by the sequence length (kcal/mol per nt).
+        processes: worker processes that fold in parallel (1: in this process).
     """
 
     name = "stability"
