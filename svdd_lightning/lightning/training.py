@@ -1,7 +1,6 @@
 """LightningModules that train the project's own models, and the callback that ships them."""
 from __future__ import annotations
 
-import copy
 import math
 import time
 from pathlib import Path
@@ -10,6 +9,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics.classification import BinaryAUROC
 from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 
@@ -18,16 +18,38 @@ from ..diffusion.masked import MaskedDiffusion
 
 
 def _adamw_with_cosine(module: L.LightningModule, lr: float, weight_decay: float, warmup_steps: int):
+    """AdamW whose learning rate rises linearly from lr / warmup_steps to lr over ``warmup_steps`` steps,
+    then falls along a cosine to 0 at the trainer's last step (torch's LinearLR, then CosineAnnealingLR)."""
     optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
     total = max(module.trainer.estimated_stepping_batches, warmup_steps + 1)
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup_steps) / (total - warmup_steps))))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    schedulers = torch.optim.lr_scheduler
+    if warmup_steps > 0:
+        warmup = schedulers.LinearLR(optimizer, start_factor=1 / warmup_steps, end_factor=1.0,
+                                     total_iters=max(warmup_steps - 1, 1))
+        cosine = schedulers.CosineAnnealingLR(optimizer, T_max=total - warmup_steps)
+        scheduler = schedulers.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
+    else:
+        scheduler = schedulers.CosineAnnealingLR(optimizer, T_max=total)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def exponential_moving_average(module: nn.Module, decay: float, warmup: bool = False) -> AveragedModel:
+    """A frozen exponential moving average of ``module``'s parameters: torch's ``AveragedModel`` (the
+    averaging behind Lightning's ``EMAWeightAveraging``), starting from ``module``'s current weights.
+
+    Call ``update_parameters(module)`` after each optimizer step: the average moves by ``1 - decay``
+    towards the weights. With ``warmup`` the n-th update uses min(decay, (1 + n) / (10 + n)), the
+    warm-up of diffusers' ``EMAModel``, so the average forgets the random initialisation within the
+    first few hundred steps. The averaged network is ``.module``; it is part of the LightningModule's
+    state (resumed with it) and is what :class:`ExportBest` writes.
+    """
+    def warmed_up(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = int(num_averaged)
+        get_ema_multi_avg_fn(min(decay, (1 + n) / (10 + n)))(averaged, current, num_averaged)
+
+    ema = AveragedModel(module, multi_avg_fn=warmed_up if warmup else get_ema_multi_avg_fn(decay))
+    ema.update_parameters(module)  # AveragedModel copies the weights at its first update; averages after
+    return ema.requires_grad_(False)
 
 
 class MaskedDiffusionPretraining(L.LightningModule):
@@ -216,7 +238,7 @@ class ValueRegression(L.LightningModule):
             counts = checkpoints.warm_start(network, warm_start)
             print(f"value network warm-started from {warm_start}: {counts}")
         # soft Q-learning bootstraps from a slowly moving copy of the network (its EMA)
-        self.target_network = copy.deepcopy(network).requires_grad_(False) if target == "soft_q" else None
+        self.target_network = exponential_moving_average(network, target_decay) if target == "soft_q" else None
         self.val_mse, self.val_pearson, self.val_spearman = MeanSquaredError(), PearsonCorrCoef(), SpearmanCorrCoef()
         self.bucket_pearson = nn.ModuleList(PearsonCorrCoef() for _ in range(num_buckets))
         self.bucket_seen = [False] * num_buckets
@@ -257,9 +279,7 @@ class ValueRegression(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.target_network is not None:
-            decay = self.hparams.target_decay
-            for target, online in zip(self.target_network.parameters(), self.network.parameters()):
-                target.lerp_(online.detach(), 1 - decay)
+            self.target_network.update_parameters(self.network)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, t, reward = batch[:3]

@@ -2,7 +2,6 @@
 sampling), and the digit classifier behind the classifier reward."""
 from __future__ import annotations
 
-import copy
 
 import lightning as L
 import torch
@@ -10,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from ...lightning.training import _adamw_with_cosine
+from ...lightning.training import _adamw_with_cosine, exponential_moving_average
 from .diffusers_model import DiffusersDiffusion
 
 
@@ -42,7 +41,12 @@ class DenoisingPretraining(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.online = model
-        self.model = copy.deepcopy(model).requires_grad_(False)
+        self.ema = exponential_moving_average(model, ema_decay, warmup=True)
+
+    @property
+    def model(self) -> DiffusersDiffusion:
+        """The EMA weights: validated, exported and sampled."""
+        return self.ema.module
 
     def _labels(self, model: DiffusersDiffusion, labels: torch.Tensor) -> torch.Tensor | None:
         return labels if model.class_labels else None
@@ -56,13 +60,8 @@ class DenoisingPretraining(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        """EMA update with diffusers' warm-up: decay min(ema_decay, (1 + step) / (10 + step)), so the
-        average forgets the random initialisation within the first few hundred steps."""
-        step = self.global_step
-        decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for ema, online in zip(self.model.parameters(), self.online.parameters()):
-                ema.lerp_(online.detach(), 1 - decay)
+        """EMA update with diffusers' warm-up: decay min(ema_decay, (1 + n) / (10 + n)) at the n-th step."""
+        self.ema.update_parameters(self.online)
 
     def _eval_step(self, batch, batch_idx: int, stage: str) -> None:
         images, labels = batch

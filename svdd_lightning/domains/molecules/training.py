@@ -1,12 +1,11 @@
 """Pretraining GDSS's score networks by denoising score matching, with an EMA copy for sampling."""
 from __future__ import annotations
 
-import copy
 
 import lightning as L
 import torch
 
-from ...lightning.training import _adamw_with_cosine
+from ...lightning.training import _adamw_with_cosine, exponential_moving_average
 from .graph_diffusion import GraphDiffusion, mask_adjacency, mask_nodes, symmetric_noise
 from .sde import VPSDE
 
@@ -49,7 +48,12 @@ class GraphScorePretraining(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.online = model
-        self.model = copy.deepcopy(model).requires_grad_(False)
+        self.ema = exponential_moving_average(model, ema_decay)
+
+    @property
+    def model(self) -> GraphDiffusion:
+        """The EMA weights: validated and exported."""
+        return self.ema.module
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -65,9 +69,7 @@ class GraphScorePretraining(L.LightningModule):
         return loss_x + loss_adj
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        with torch.no_grad():
-            for ema, online in zip(self.model.parameters(), self.online.parameters()):
-                ema.lerp_(online.detach(), 1 - self.hparams.ema_decay)
+        self.ema.update_parameters(self.online)
 
     def _eval_step(self, batch, stage: str) -> None:
         x, adj, flags = batch
