@@ -54,6 +54,7 @@ def test_decode_help_lists_shipped_classes_with_parameter_descriptions(helps):
                  "svdd_lightning.oracle_reward.OracleReward", "svdd_lightning.domains.utr.rewards.MinimumFreeEnergy",
                  "svdd_lightning.diffusion.masked.MaskedDiffusion"):
         assert f"  {path}\n      " in text, path  # listed with its summary on the next line
+    assert "num_candidates=10: M, candidates drawn" in text  # SVDD's parameters with their descriptions
     assert "the token order the network was trained on" in helps["reward"]  # OracleReward's alphabet
 
 

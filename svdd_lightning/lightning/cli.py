@@ -85,10 +85,27 @@ def _import_available(modules: tuple[str, ...]) -> None:
             pass
 
 
-def _listing(title: str, base: type) -> str:
-    """``title`` and one line per imported subclass of ``base`` in svdd_lightning: its class path and the
-    first line of its docstring."""
-    seen, lines, todo = set(), [], list(base.__subclasses__())
+def _parameters(cls: type) -> list[str]:
+    """``name=default: description`` of each constructor parameter, from the class's Args section."""
+    try:
+        import docstring_parser  # installed with jsonargparse[signatures]
+        described = {p.arg_name: " ".join(p.description.split())
+                     for p in docstring_parser.parse(inspect.getdoc(cls) or "").params if p.description}
+    except ImportError:
+        described = {}
+    lines = []
+    for name, parameter in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        default = "" if parameter.default is parameter.empty else f"={parameter.default!r}"
+        lines.append(f"{name}{default}" + (f": {described[name]}" if name in described else ""))
+    return lines
+
+
+def _listing(title: str, base: type, parameters: bool = False) -> str:
+    """``title`` and one entry per imported subclass of ``base`` in svdd_lightning: its class path, the
+    first sentence of its docstring and, with ``parameters``, its constructor's parameters."""
+    seen, entries, todo = set(), [], list(base.__subclasses__())
     while todo:
         cls = todo.pop(0)
         todo.extend(cls.__subclasses__())
@@ -97,9 +114,10 @@ def _listing(title: str, base: type) -> str:
             continue
         seen.add(path)
         paragraph = " ".join((inspect.getdoc(cls) or "").split("\n\n")[0].split())
-        summary = re.split(r"(?<!e\.g)(?<!i\.e)\.\s", paragraph)[0].rstrip(".") + "."
-        lines.append(f"  {path}\n      {summary}")
-    return f"{title}:\n" + "\n".join(sorted(lines))
+        summary = re.split(r"(?<!e\.g)(?<!i\.e)(?<! al)\.\s", paragraph)[0].rstrip(".") + "."
+        lines = [f"  {path}", f"      {summary}"] + [f"        {p}" for p in (_parameters(cls) if parameters else [])]
+        entries.append((path, "\n".join(lines)))
+    return f"{title}:\n" + "\n".join(entry for _, entry in sorted(entries))
 
 
 class _ListingFormatter(DefaultHelpFormatter):
@@ -115,13 +133,12 @@ def _decode_epilog() -> str:
     from ..core.reward import RewardFunction
     from ..core.value import Value
 
-    sections = [_listing("Decoding methods (model.methods: {name: {class_path, init_args}})", Decoder),
-                _listing("Values of SVDD and SMC (value)", Value),
-                _listing("Rewards and evaluation scores (model.reward, model.metrics, set_metrics)", RewardFunction),
-                _listing("Diffusion models (model.model: a checkpoint directory, or a class_path)", DiffusionModel)]
-    return ("\n\n".join(sections) + "\n\nThe parameters of a reward or a model, with their descriptions:\n"
-            "  --model.reward.help CLASS, --model.model.help CLASS\n"
-            "Those of the methods and values: docs/methods.md and the API reference (mkdocs).")
+    sections = [_listing("Decoding methods (model.methods: {name: {class_path, init_args}})", Decoder, True),
+                _listing("Values of SVDD and SMC (value)", Value, True),
+                _listing("Rewards and evaluation scores (model.reward, model.metrics, set_metrics)", RewardFunction, True),
+                _listing("Diffusion models (model.model: a checkpoint directory, or a class_path)", DiffusionModel, True)]
+    return ("\n\n".join(sections) + "\n\nAlso as command-line help: --model.reward.help CLASS, "
+            "--model.model.help CLASS; and in docs/methods.md and the API reference (mkdocs).")
 
 
 def main_train(args: list[str] | None = None) -> LightningCLI:

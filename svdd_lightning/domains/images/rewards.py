@@ -166,6 +166,7 @@ class AestheticScore(NetworkImageReward):
             ``CLIPVisionModelWithProjection``; nothing is downloaded.
         predictor_path: the predictor's state dict (``layers.N.weight`` / ``.bias``), read with
             ``torch.load(weights_only=True)``; its input size must be CLIP's projection dimension.
+        batch_size: images per network call.
     """
 
     name = "aesthetic"
