@@ -129,7 +129,7 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     config["class_path"] = "os.system"
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="outside svdd_lightning"):
+    with pytest.raises(ValueError, match="outside the trusted packages"):
         checkpoints.load(tmp_path / "m")
     with pytest.raises(FileNotFoundError, match="missing config.json"):
         checkpoints.load(tmp_path / "nothing")

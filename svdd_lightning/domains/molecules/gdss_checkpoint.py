@@ -59,7 +59,9 @@ def _read(path: Path, trust_pickle: bool) -> Any:
         with torch.serialization.safe_globals([(OrderedDict, "easydict.EasyDict")]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises many types for a damaged file; each becomes one line
-        found = re.search(r"GLOBAL (\S+) was not an allowed global", str(err))
+        # torch words a refused global two ways: "... was not an allowed global" and, for modules it
+        # blocks outright (os, posix, subprocess, ...), "unsupported GLOBAL posix.system whose module posix is blocked"
+        found = re.search(r"GLOBAL (\S+) (?:was not an allowed global|whose module \S+ is blocked)", str(err))
         if not found:
             raise ValueError(f"GDSS checkpoint {path} is not a readable torch checkpoint: {_first_line(err)}") from None
         if not trust_pickle:
