@@ -108,8 +108,9 @@ def test_ddp_resume_decodes_only_the_missing_samples(tiny, single, tmp_path):
 
 
 def _copy_parts(source: Path, out: Path) -> None:
-    """An output directory holding only ``source``'s part files (as after a kill before the merge)."""
+    """An output directory holding only ``source``'s part files and settings (as after a kill before the merge)."""
     shutil.copytree(source / "parts", out / "parts")
+    shutil.copy(source / "fingerprints.json", out / "fingerprints.json")
 
 
 def test_ddp_resume_with_fewer_missing_samples_than_processes(tiny, single, tmp_path):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from svdd_lightning.domains.images.outputs import ImageFiles, from_pil
 from svdd_lightning.lightning.decoding import PARTS
-from svdd_lightning.lightning.writer import DesignWriter, write_outputs
+from svdd_lightning.lightning.writer import DesignWriter, FastaFiles, write_outputs
 
 
 def uint8_valued(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -80,10 +80,11 @@ def test_write_outputs_writes_pngs_grid_csv_paths_and_summary(tmp_path):
 
 
 def test_fasta_parts_and_outputs_are_unchanged_by_the_sample_hook(tmp_path):
-    writer = DesignWriter(str(tmp_path))
+    writer = DesignWriter(str(tmp_path), sample_files=FastaFiles())
     rows = [{"method": "svdd_pm", "index": i, "sample": "ACGT"[i:] + "A" * i, "reward": 0.5 * i} for i in range(2)]
     prediction = write_batch(writer, rows)
-    assert (tmp_path / PARTS / "rank0.jsonl").read_text() == json.dumps(prediction) + "\n"
+    stamped = {**prediction, "stats": [{**s, "fingerprint": None} for s in prediction["stats"]]}
+    assert (tmp_path / PARTS / "rank0.jsonl").read_text() == json.dumps(stamped) + "\n"
     write_outputs(tmp_path, [], {}, {})
     assert (tmp_path / "svdd_pm.fasta").read_text() == ">svdd_pm_0 reward=0.0000\nACGT\n>svdd_pm_1 reward=0.5000\nCGTA\n"
     with open(tmp_path / "samples.csv") as handle:

@@ -47,6 +47,9 @@ def spawn_generators(generators: Sequence[torch.Generator], n: int) -> list[torc
 class Decoder(ABC):
     """A sampling algorithm over a frozen :class:`DiffusionModel` and a reward."""
 
+    #: True when a sample's output depends on the other samples decoded with it (SMC's populations).
+    batch_dependent: bool = False
+
     def __init__(self, chunk_size: int | None = None) -> None:
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
@@ -212,6 +215,7 @@ class SMC(Decoder):
     """
 
     POTENTIALS = ("difference", "max", "sum")
+    batch_dependent = True
 
     def __init__(self, value: Value, alpha: float = 1.0, ess_threshold: float = 1.0,
                  resampling: str = "multinomial", potential: str = "difference", chunk_size: int | None = None) -> None:

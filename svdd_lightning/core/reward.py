@@ -47,7 +47,8 @@ class Reward:
     ``fn`` takes a list of decoded samples and returns one float per sample; it need not be
     differentiable. A sample whose score is None or NaN, or for which ``fn`` raises, gets ``floor``
     instead; when the batched call raises, the batch is scored one sample at a time so that one bad
-    sample costs only itself. ``calls`` counts samples scored and ``failures`` those floored.
+    sample costs only itself. ``calls`` counts samples scored and ``failures`` those floored;
+    ``errors`` counts the samples on which ``fn`` raised, ``last_error`` names the last exception.
     A NaN floor keeps unscored samples NaN (for evaluation columns, never for decoding).
     """
 
@@ -61,6 +62,8 @@ class Reward:
         self.name = name or getattr(fn, "name", None) or getattr(fn, "__name__", type(fn).__name__)
         self.calls = 0
         self.failures = 0
+        self.errors = 0
+        self.last_error: str | None = None
 
     def __call__(self, samples: Sequence[Any]) -> torch.Tensor:
         samples = list(samples)
@@ -71,6 +74,7 @@ class Reward:
                 raise ValueError(f"reward {self.name} returned {len(raw)} values for {len(samples)} samples")
         except Exception as err:  # isolate the failing samples
             log.warning("reward %s failed on a batch of %d (%s); scoring one by one", self.name, len(samples), err)
+            self.last_error = f"{type(err).__name__}: {err}"
             raw = [self._score_one(s) for s in samples]
         values = torch.tensor([self._as_float(v) for v in raw], dtype=torch.float64)
         bad = ~torch.isfinite(values)
@@ -80,7 +84,9 @@ class Reward:
     def _score_one(self, sample: Any) -> float:
         try:
             return self.fn([sample])[0]
-        except Exception:
+        except Exception as err:
+            self.errors += 1
+            self.last_error = f"{type(err).__name__}: {err}"
             return math.nan
 
     @staticmethod

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..checkpoints import Configurable
 from ..core.model import DiffusionModel
+from ..sample_files import FastaFiles
 from ..sequences import encode
 from .schedule import LogLinearSchedule
 
@@ -66,6 +67,10 @@ class MaskedDiffusion(Configurable, DiffusionModel):
         table = np.frombuffer((self.alphabet + "N").encode(), dtype="S1")
         rows = np.ascontiguousarray(table[x0.cpu().numpy()])
         return [row.decode() for row in rows.view(f"S{max(x0.shape[1], 1)}").ravel()]
+
+    def sample_files(self) -> FastaFiles:
+        """A decoding run writes this model's samples (strings) as FASTA."""
+        return FastaFiles()
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device

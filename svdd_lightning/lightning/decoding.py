@@ -2,13 +2,14 @@
 
 A sample's randomness comes from a generator seeded by (seed, method, sample index) alone, so its
 output does not depend on the batch size, the number of processes or a resume point (SMC excepted:
-its particles are the batch).
+its particles are the batch). A (method, index) already decoded with the same settings in the output
+folder is skipped (:class:`~svdd_lightning.lightning.writer.DesignWriter` finds them).
 """
 from __future__ import annotations
 
-import json
+import math
 import time
-from pathlib import Path
+from typing import Any, Iterator
 
 import lightning as L
 import torch
@@ -20,10 +21,15 @@ from ..core.model import DiffusionModel
 from ..core.reward import Reward, RewardFunction
 from ..core.value import NetworkValue
 from ..evaluation import SampleMetric, ScoreMetric
-
+from ..sequences import tokenize
 from ..seeds import sample_seed  # noqa: F401  (re-exported: it used to live here)
+from .fingerprint import describe
 
 PARTS = "parts"
+
+
+class RewardFailure(ValueError):
+    """The reward raised on every sample of a batch: a broken reward, not an invalid sample."""
 
 
 class DecodingModule(L.LightningModule):
@@ -35,7 +41,8 @@ class DecodingModule(L.LightningModule):
             config a :class:`RewardFunction` (``FunctionReward`` wraps a plain function).
         methods: name -> decoder, e.g. pretrained sampling, Best-of-N, SVDD-PM.
         metrics: name -> per-sample evaluation (independent oracle, ELBO), not used for decoding.
-        reward_floor: reward given to samples the reward cannot score (it raised or gave NaN).
+        reward_floor: reward given to samples the reward cannot score (it raised or gave NaN); a
+            finite number, so that such samples rank below the others instead of being kept.
         seed: base seed; sample i of method m uses a generator seeded from (seed, m, i).
         model_args: constructor arguments of the checkpoint replaced for this run (sampler
             settings such as ``num_steps``), see :func:`svdd_lightning.checkpoints.load`.
@@ -47,6 +54,9 @@ class DecodingModule(L.LightningModule):
         super().__init__()
         if not methods:
             raise ValueError("model.methods: name at least one decoding method")
+        if not math.isfinite(reward_floor):
+            raise ValueError(f"model.reward_floor must be a finite number for decoding, got {reward_floor}: "
+                             f"a sample the reward cannot score must rank below scored ones (e.g. -10.0)")
         if model_args and not isinstance(model, str):
             raise ValueError("model.model_args applies to a checkpoint path; set the arguments on the model object")
         self.model = checkpoints.load(model, overrides=model_args) if isinstance(model, str) else model
@@ -55,6 +65,27 @@ class DecodingModule(L.LightningModule):
         self.methods = methods
         self.metrics = metrics or {}
         self.seed = seed
+        #: method -> sample indices already decoded with this run's settings (set by DesignWriter)
+        self.finished: dict[str, set[int]] = {}
+        check_alphabets(self.model, {"model.reward": reward, **{f"model.metrics.{k}": m for k, m in self.metrics.items()}})
+
+    def method_settings(self, precision: str = "32-true", batch_size: int | None = None,
+                        world_size: int = 1) -> dict[str, dict]:
+        """Per method, the settings its samples depend on (its fingerprint): the model (config and
+        weights), the reward and its floor, the method's own arguments, the seed, the evaluation metrics
+        and the precision; for a method whose samples depend on their batch (SMC), also the batch size
+        and the number of processes."""
+        digests: dict[int, str] = {}
+        shared = {"model": describe(self.model, digests), "reward": describe(self.reward.fn, digests),
+                  "reward_floor": self.reward.floor, "seed": self.seed,
+                  "metrics": describe(self.metrics, digests), "precision": str(precision)}
+        settings = {}
+        for name, decoder in self.methods.items():
+            entry = {**shared, "method": describe(decoder, digests)}
+            if getattr(decoder, "batch_dependent", False):
+                entry["batch"] = {"batch_size": batch_size, "world_size": world_size}
+            settings[name] = entry
+        return settings
 
     def train(self, mode: bool = True) -> "DecodingModule":
         """The pretrained model stays in eval mode."""
@@ -76,20 +107,59 @@ class DecodingModule(L.LightningModule):
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, list]:
         indices = [i for i, spare in zip(batch["index"].tolist(), batch["spare"].tolist()) if not spare]
         rows, stats = [], []
-        if not indices:  # a rank's placeholder item when every sample is already decoded
-            return {"rows": rows, "stats": stats}
         for name, decoder in self.methods.items():
+            todo = [i for i in indices if i not in self.finished.get(name, ())]
+            if not todo:  # every index of the batch is done for this method (or a rank's placeholder item)
+                continue
             start = time.perf_counter()
-            generators = [torch.Generator().manual_seed(sample_seed(self.seed, name, i)) for i in indices]
-            result = decoder.sample(self.model, self.reward, generators, indices)
+            generators = [torch.Generator().manual_seed(sample_seed(self.seed, name, i)) for i in todo]
+            calls, errors = self.reward.calls, self.reward.errors
+            result = decoder.sample(self.model, self.reward, generators, todo)
+            if self.reward.calls > calls and self.reward.errors - errors == self.reward.calls - calls:
+                raise RewardFailure(f"reward {self.reward.name} raised on every sample of a batch of {name} "
+                                    f"({self.reward.calls - calls} samples; last: {self.reward.last_error}); "
+                                    f"check that it accepts this model's samples. Results written so far are kept")
             columns = {key: metric(self.model, result.x0, result.samples).tolist()
                        for key, metric in self.metrics.items()}
             seconds = time.perf_counter() - start
-            for j, index in enumerate(indices):
+            for j, index in enumerate(todo):
                 rows.append({"method": name, "index": index, "sample": result.samples[j],
                              "reward": float(result.rewards[j]), **{k: v[j] for k, v in columns.items()}})
-            stats.append({"method": name, "n": len(indices), "seconds": seconds, **vars(result.stats)})
+            stats.append({"method": name, "n": len(todo), "seconds": seconds, **vars(result.stats)})
         return {"rows": rows, "stats": stats}
+
+
+def _reward_parts(fn: Any, depth: int = 0) -> Iterator[Any]:
+    """A reward callable and the rewards it wraps (weighted sums, proxies, evaluation metrics)."""
+    yield fn
+    if depth > 4:
+        return
+    for key in ("fn", "reward", "function"):
+        inner = getattr(fn, key, None)
+        if inner is not None and inner is not fn and callable(inner):
+            yield from _reward_parts(inner, depth + 1)
+    inner_rewards = getattr(fn, "rewards", None)
+    if isinstance(inner_rewards, dict):
+        for inner in inner_rewards.values():
+            yield from _reward_parts(inner, depth + 1)
+
+
+def check_alphabets(model: Any, rewards: dict[str, Any]) -> None:
+    """Refuse, before any work, a reward whose ``alphabet`` cannot read the model's samples (a
+    sequence reward scoring every sample NaN)."""
+    symbols = getattr(model, "alphabet", None)
+    if not isinstance(symbols, str):
+        return
+    for field, reward in rewards.items():
+        for part in _reward_parts(reward):
+            alphabet = getattr(part, "alphabet", None)
+            if not isinstance(alphabet, str):
+                continue
+            unreadable = [c for c, token in zip(symbols, tokenize([symbols], alphabet)[0].tolist()) if token < 0]
+            if unreadable:
+                raise ValueError(f"{field}: {type(part).__name__}.alphabet {alphabet!r} cannot read the model's "
+                                 f"symbols {unreadable} (the model's alphabet is {symbols!r}); set it to the "
+                                 f"symbols, in order, that the reward was trained on")
 
 
 class _Indices(Dataset):
@@ -105,23 +175,12 @@ class _Indices(Dataset):
         return {"index": self.indices[i], "spare": i >= self.first_spare}
 
 
-def finished_indices(output_dir: str | Path) -> set[int]:
-    """Sample indices whose results are already written under ``output_dir`` (for resuming)."""
-    done: set[int] = set()
-    for part in sorted((Path(output_dir) / PARTS).glob("*.jsonl")):
-        for line in part.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a kill: that batch is redone
-                continue
-            done.update(r["index"] for r in record["rows"])
-    return done
-
-
 class SampleIndexDataModule(L.LightningDataModule):
-    """Predict data: the sample indices 0 .. num_samples-1 still missing from ``output_dir``.
+    """Predict data: the sample indices 0 .. num_samples-1 that some method has still to decode.
 
-    Lightning shards the indices across processes without repeats; each batch carries its indices.
+    Which (method, index) are done comes from the :class:`DecodingModule` (``finished``, set by the
+    writer from the output folder). Lightning shards the indices across processes without repeats;
+    each batch carries its indices. ``output_dir``, when given, must be the writer's.
     """
 
     def __init__(self, num_samples: int = 256, batch_size: int = 32, output_dir: str | None = None) -> None:
@@ -133,14 +192,16 @@ class SampleIndexDataModule(L.LightningDataModule):
         self.num_samples, self.batch_size, self.output_dir = num_samples, batch_size, output_dir
 
     def predict_dataloader(self) -> DataLoader:
-        done = finished_indices(self.output_dir) if self.output_dir else set()
-        todo = [i for i in range(self.num_samples) if i not in done]
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        finished = getattr(module, "finished", {})
+        methods = list(getattr(module, "methods", {})) or list(finished)
+        todo = [i for i in range(self.num_samples) if any(i not in finished.get(m, ()) for m in methods)]
         world = self.trainer.world_size if self.trainer is not None else 1
         spare = max(world - len(todo), 0)
         if spare:
             # Every rank needs an item: Lightning's predict sampler asserts it, and with no batch at all
             # the predict loop is skipped and the writer never merges. Spare items are finished samples
             # that predict_step skips (re-decoding one could change it: SMC's particles are the batch).
-            finished = [i for i in range(self.num_samples) if i not in todo] or todo
-            todo += [finished[k % len(finished)] for k in range(spare)]
+            finished_all = [i for i in range(self.num_samples) if i not in todo] or todo
+            todo += [finished_all[k % len(finished_all)] for k in range(spare)]
         return DataLoader(_Indices(todo, spare), batch_size=self.batch_size, shuffle=False)

@@ -1,18 +1,25 @@
 """Writes decoding results as they come and merges them into the run's outputs at the end.
 
+Before any work, global rank 0 checks that the output folder is writable, takes its lock
+(``.decode.lock``: host and pid of the holder) and compares each method's settings with those recorded
+in ``fingerprints.json``: a method decoded there with other settings is refused (``overwrite``
+discards its results instead), a method with the same settings resumes, a new method is decoded.
+
 During prediction every process appends each finished batch to ``parts/rank<R>.jsonl`` (flushed,
-so a killed run loses at most the batch in flight and resumes from the rest). When prediction ends,
-global rank 0 merges all parts, keeps one row per (method, index), and writes:
+so a killed run loses at most the batch in flight and resumes from the rest); each method's entry
+carries its settings' fingerprint. When prediction ends, global rank 0 merges the parts, keeps one
+row per requested (method, index) decoded with this run's settings, and writes:
 
-- per method, the files of its samples (``sample_files``: ``<method>.fasta`` by default; SMILES and
-  molecule grids for molecules; PNGs and a grid for images);
+- per method, the files of its samples (``sample_files``: the model's choice, see
+  :mod:`svdd_lightning.sample_files`; SMILES and molecule grids for molecules; PNGs and a grid for images);
 - ``samples.csv``: one row per sample (method, index, sample, reward, evaluation columns);
-- ``summary.json``: per method n, reward and evaluation quantiles, set metrics, compute per sample,
-  wall seconds;
-- ``reward_histogram.png``: the reward (and evaluation-score) distributions per method.
+- ``summary.json``: per method n, reward and evaluation quantiles (with the count of samples an
+  evaluation could not score), set metrics, compute per sample, wall seconds;
+- ``reward_histogram.png``: the reward (and first evaluation score) distributions per method.
 
-The parts hold each sample in the JSON-able form ``sample_files.encode`` gives (images: base64 PNGs);
-the merge decodes them back, so sample files and set metrics get the samples themselves.
+A requested (method, index) missing from the parts (e.g. another node wrote it into its own
+folder) fails the run with a one-line count. The parts hold each sample in the JSON-able form
+``sample_files.encode`` gives (images: base64 PNGs); the merge decodes them back.
 """
 from __future__ import annotations
 
@@ -21,55 +28,22 @@ import json
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable
-
-from abc import ABC, abstractmethod
+from typing import Any, Callable, Iterator
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from ..evaluation import distinct_fraction, quantile_summary
+from ..sample_files import FastaFiles, JsonlFiles, SampleFiles, sample_files_for
 from .decoding import PARTS
+from .fingerprint import differences, digest
+from .folders import acquire_lock, atomic_write, check_writable, read_json, release_lock
+
+__all__ = ["DesignWriter", "FastaFiles", "JsonlFiles", "SampleFiles", "write_outputs", "format_summary"]
 
 COMPUTE_FIELDS = ("denoiser_calls", "gradient_calls", "reward_calls", "reward_failures", "value_calls")
-
-
-class SampleFiles(ABC):
-    """Writes one method's samples in their domain's formats; ``column`` names them in samples.csv.
-
-    ``encode``/``decode`` convert samples to and from the JSON-able form stored in the parts files,
-    ``csv_value`` gives a sample's entry in samples.csv; all three default to the sample itself.
-    """
-
-    column: str = "sample"
-
-    def encode(self, sample: Any) -> Any:
-        """The JSON-able form ``sample`` is stored in; distinct samples need distinct stored forms."""
-        return sample
-
-    def decode(self, stored: Any) -> Any:
-        """The sample of its stored form (the inverse of :meth:`encode`)."""
-        return stored
-
-    def csv_value(self, method: str, row: dict) -> Any:
-        """The entry of ``row`` (a decoded row of ``method``) in the ``column`` of samples.csv."""
-        return row["sample"]
-
-    @abstractmethod
-    def write(self, output_dir: Path, method: str, rows: list[dict]) -> None:
-        """``rows``: the method's rows sorted by index, each with ``index``, ``sample`` and ``reward``."""
-
-
-class FastaFiles(SampleFiles):
-    """``<method>.fasta``, one record per design with its reward in the header."""
-
-    column = "sequence"
-
-    def write(self, output_dir: Path, method: str, rows: list[dict]) -> None:
-        with open(output_dir / f"{method}.fasta", "w") as handle:
-            for r in rows:
-                handle.write(f">{method}_{r['index']} reward={r['reward']:.4f}\n{r['sample']}\n")
+FINGERPRINTS = "fingerprints.json"
 
 
 class DesignWriter(BasePredictionWriter):
@@ -79,35 +53,177 @@ class DesignWriter(BasePredictionWriter):
         output_dir: where the outputs go (``--output_dir`` on the command line).
         set_metrics: name -> callable on a method's list of samples returning one float
             (e.g. 3-mer correlation with held-out sequences).
-        sample_files: the per-method sample files (default :class:`FastaFiles`).
+        sample_files: the per-method sample files (default: the model's ``sample_files()``, else
+            :class:`~svdd_lightning.sample_files.JsonlFiles`).
+        overwrite: discard the folder's results of methods whose settings changed, and decode them
+            again (``--overwrite``); without it such a run is refused.
     """
 
     def __init__(self, output_dir: str = "results", set_metrics: dict[str, Callable[[list], float]] | None = None,
-                 sample_files: SampleFiles | None = None) -> None:
+                 sample_files: SampleFiles | None = None, overwrite: bool = False) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
         self.set_metrics = set_metrics or {}
-        self.sample_files = sample_files or FastaFiles()
+        self.sample_files = sample_files
+        self.overwrite = overwrite
+        self.digests: dict[str, str] = {}
+        self.num_samples: int | None = None
+        self._lock: Path | None = None
 
+    # --- before any work ---------------------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.sample_files is None:
+            self.sample_files = sample_files_for(getattr(pl_module, "model", None))
+        self.sample_files.reward_name = getattr(getattr(pl_module, "reward", None), "name", "reward")
+        datamodule = getattr(trainer, "datamodule", None)
+        self.num_samples = getattr(datamodule, "num_samples", None)
+        outcome: dict[str, Any] = {"error": None}
+        if trainer.is_global_zero:
+            try:
+                outcome = self._prepare(trainer, pl_module, datamodule)
+            except (OSError, ValueError) as err:
+                self._release()
+                outcome = {"error": str(err)}
+        outcome = trainer.strategy.broadcast(outcome, src=0)
+        if outcome["error"]:
+            raise ValueError(outcome["error"])
+        self.digests = outcome["digests"]
+        pl_module.finished = {m: set(v) for m, v in outcome["finished"].items()}
+
+    def _prepare(self, trainer: L.Trainer, pl_module: L.LightningModule, datamodule: Any) -> dict[str, Any]:
+        """Rank 0: folder writable and locked, settings compared and recorded, finished samples found."""
+        given = getattr(datamodule, "output_dir", None)
+        if given is not None and Path(given).resolve() != self.output_dir.resolve():
+            raise ValueError(f"data.output_dir {given} differs from the writer's output_dir {self.output_dir}")
+        check_writable(self.output_dir, "output_dir")
+        self._lock = acquire_lock(self.output_dir)
+        settings = pl_module.method_settings(str(trainer.precision), getattr(datamodule, "batch_size", None),
+                                             trainer.world_size)
+        digests = {m: digest(s) for m, s in settings.items()}
+        recorded = read_fingerprints(self.output_dir)
+        changed = {m: differences(recorded[m]["settings"], settings[m]) for m in settings
+                   if m in recorded and recorded[m]["digest"] != digests[m]}
+        unrecorded = sorted(m for m in _methods_in_parts(self.output_dir) if m in settings and m not in recorded)
+        if (changed or unrecorded) and not self.overwrite:
+            groups: dict[str, list[str]] = defaultdict(list)  # methods with the same differences, named once
+            for method, difference in [*changed.items(), *((m, "settings not recorded") for m in unrecorded)]:
+                groups[difference].append(method)
+            what = "; ".join(f"{', '.join(methods)} ({difference})" for difference, methods in groups.items())
+            raise ValueError(f"output_dir {self.output_dir} holds results decoded with other settings: {what}; "
+                             f"pass --overwrite to discard them and decode again, or choose another --output_dir")
+        if changed or unrecorded:
+            drop_methods(self.output_dir, {*changed, *unrecorded})
+        write_fingerprints(self.output_dir, {**recorded, **{m: {"digest": digests[m], "settings": settings[m]}
+                                                            for m in settings}})
+        finished = finished_samples(self.output_dir, digests)
+        return {"error": None, "digests": digests, "finished": {m: sorted(v) for m, v in finished.items()}}
+
+    # --- as batches finish -----------------------------------------------------------------------------
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
                            batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
-        parts = self.output_dir / PARTS
-        parts.mkdir(parents=True, exist_ok=True)
+        if not prediction["rows"]:
+            return
         rows = [{**r, "sample": self.sample_files.encode(r["sample"])} for r in prediction["rows"]]
-        _append_line(parts / f"rank{trainer.global_rank}.jsonl", json.dumps({**prediction, "rows": rows}))
+        stats = [{**s, "fingerprint": self.digests.get(s["method"])} for s in prediction["stats"]]
+        _append_line(self.output_dir / PARTS / f"rank{trainer.global_rank}.jsonl",
+                     json.dumps({"rows": rows, "stats": stats}))
 
+    # --- at the end --------------------------------------------------------------------------------------
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.strategy.barrier()
+        missing = 0
         if trainer.is_global_zero:
             summary = write_outputs(self.output_dir, list(pl_module.metrics), self.set_metrics,
                                     {k: getattr(m, "threshold", None) for k, m in pl_module.metrics.items()},
-                                    self.sample_files)
+                                    self.sample_files, self.digests, self.num_samples,
+                                    reward_label=reward_label(getattr(pl_module, "reward", None)))
             print(format_summary(summary))
-        trainer.strategy.barrier()
+            if self.num_samples is not None:
+                missing = sum(self.num_samples - summary.get(m, {}).get("n", 0) for m in self.digests)
+        missing = trainer.strategy.broadcast(missing, src=0)
+        if missing:
+            total = self.num_samples * len(self.digests)
+            raise ValueError(f"output_dir {self.output_dir}: {missing} of {total} requested (method, index) results "
+                             f"are missing from {PARTS}/ (multi-node decoding needs an output folder shared by every "
+                             f"node); rerun the same command to decode them")
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._release()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            release_lock(self._lock)
+            self._lock = None
+
+
+# --- the output folder ------------------------------------------------------------------------------------
+def read_fingerprints(folder: Path) -> dict[str, dict]:
+    """Method -> {"digest", "settings"} recorded by earlier runs into ``folder``."""
+    path = folder / FINGERPRINTS
+    if not path.exists():
+        return {}
+    data = read_json(path)
+    if not isinstance(data.get("methods"), dict):
+        raise ValueError(f"{path} is damaged; pass --overwrite to decode every method again, or choose another "
+                         f"--output_dir")
+    return data["methods"]
+
+
+def write_fingerprints(folder: Path, methods: dict[str, dict]) -> None:
+    atomic_write(folder / FINGERPRINTS, json.dumps({"methods": methods}, indent=1, sort_keys=True) + "\n")
+
+
+def _records(folder: Path) -> Iterator[tuple[Path, str, dict | None]]:
+    """(part file, line, record) of every line of the parts; a line cut short by a kill reads as None."""
+    for part in sorted((folder / PARTS).glob("*.jsonl")):
+        for line in part.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # that batch is redone
+                record = None
+            yield part, line, record
+
+
+def _method_fingerprints(record: dict) -> dict[str, str | None]:
+    return {s["method"]: s.get("fingerprint") for s in record["stats"]}
+
+
+def _methods_in_parts(folder: Path) -> set[str]:
+    return {r["method"] for _, _, record in _records(folder) if record for r in record["rows"]}
+
+
+def finished_samples(folder: Path, digests: dict[str, str]) -> dict[str, set[int]]:
+    """Method -> indices already decoded into ``folder`` with the settings ``digests[method]``."""
+    done: dict[str, set[int]] = defaultdict(set)
+    for _, _, record in _records(folder):
+        if record is None:
+            continue
+        fingerprints = _method_fingerprints(record)
+        for row in record["rows"]:
+            if row["method"] in digests and fingerprints.get(row["method"]) == digests[row["method"]]:
+                done[row["method"]].add(row["index"])
+    return dict(done)
+
+
+def drop_methods(folder: Path, methods: set[str]) -> None:
+    """Remove ``methods``' rows and statistics from the parts (``--overwrite``), rewriting each file atomically."""
+    kept: dict[Path, list[str]] = defaultdict(list)
+    for part, line, record in _records(folder):
+        if record is None:
+            continue
+        record = {"rows": [r for r in record["rows"] if r["method"] not in methods],
+                  "stats": [s for s in record["stats"] if s["method"] not in methods]}
+        kept[part].extend([json.dumps(record)] if record["rows"] else [])
+    for part in sorted((folder / PARTS).glob("*.jsonl")):
+        atomic_write(part, "".join(line + "\n" for line in kept.get(part, [])))
 
 
 def _append_line(path: Path, line: str) -> None:
     """Append a line, first ending a line that a killed run left cut short."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab+") as handle:
         handle.seek(0, 2)
         if handle.tell():
@@ -119,29 +235,50 @@ def _append_line(path: Path, line: str) -> None:
         os.fsync(handle.fileno())
 
 
-def _read_parts(output_dir: Path) -> tuple[list[dict], list[dict]]:
+def _read_parts(folder: Path, digests: dict[str, str] | None, num_samples: int | None) -> tuple[list[dict], list[dict]]:
+    """Rows (one per (method, index), sorted) and the statistics of the batches they came from: only
+    this run's methods and settings (``digests``; all with None) and indices below ``num_samples``."""
     rows: dict[tuple[str, int], dict] = {}
     stats: list[dict] = []
-    for part in sorted((output_dir / PARTS).glob("*.jsonl")):
-        for line in part.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+    for _, _, record in _records(folder):
+        if record is None:
+            continue
+        fingerprints = _method_fingerprints(record)
+        fresh: set[str] = set()
+        for row in record["rows"]:
+            method, index = row["method"], row["index"]
+            if digests is not None and (method not in digests or fingerprints.get(method) != digests[method]):
                 continue
-            for row in record["rows"]:
-                rows[(row["method"], row["index"])] = row
-            stats.extend(record["stats"])
+            if (num_samples is not None and index >= num_samples) or (method, index) in rows:
+                continue
+            rows[(method, index)] = row
+            fresh.add(method)
+        stats.extend(s for s in record["stats"] if s["method"] in fresh)
     return sorted(rows.values(), key=lambda r: (r["method"], r["index"])), stats
 
 
+def reward_label(reward: Any) -> str:
+    """The reward's name, with its unit when the reward function declares one (``unit``)."""
+    if reward is None:
+        return "reward"
+    unit = getattr(getattr(reward, "fn", reward), "unit", None)
+    name = getattr(reward, "name", "reward")
+    return f"{name} ({unit})" if unit else name
+
+
 def write_outputs(output_dir: Path, metric_names: list[str], set_metrics: dict[str, Callable[[list], float]],
-                  thresholds: dict[str, float | None], sample_files: SampleFiles | None = None) -> dict:
+                  thresholds: dict[str, float | None], sample_files: SampleFiles | None = None,
+                  digests: dict[str, str] | None = None, num_samples: int | None = None,
+                  reward_label: str = "reward") -> dict:
     """Merge the parts under ``output_dir`` into sample files, CSV, JSON summary and histogram.
 
-    ``distinct_fraction`` compares the samples' stored forms (``sample_files.encode``), not their reprs.
+    With ``digests`` (method -> settings fingerprint) only those methods' rows decoded with those
+    settings are merged, and with ``num_samples`` only indices below it. ``distinct_fraction``
+    compares the samples' stored forms (``sample_files.encode``), not their reprs.
     """
+    output_dir = Path(output_dir)
     sample_files = sample_files or FastaFiles()
-    rows, stats = _read_parts(output_dir)
+    rows, stats = _read_parts(output_dir, digests, num_samples)
     by_method: dict[str, list[dict]] = defaultdict(list)
     stored: dict[str, list] = defaultdict(list)
     for row in rows:
@@ -164,9 +301,12 @@ def write_outputs(output_dir: Path, metric_names: list[str], set_metrics: dict[s
         samples = [r["sample"] for r in method_rows]
         entry: dict[str, Any] = {"n": len(method_rows),
                                  "reward": quantile_summary(torch.tensor([r["reward"] for r in method_rows]))}
+        if num_samples is not None:
+            entry["requested"] = num_samples
         for name in metric_names:
             values = torch.tensor([float("nan") if r.get(name) is None else r[name] for r in method_rows])
             entry[name] = quantile_summary(values)
+            entry[name]["failures"] = int((~torch.isfinite(values)).sum())  # samples it could not score
             if thresholds.get(name) is not None:
                 entry[name][f"fraction_above_{thresholds[name]:g}"] = float((values > thresholds[name]).double().mean())
         for name, fn in set_metrics.items():
@@ -180,11 +320,12 @@ def write_outputs(output_dir: Path, metric_names: list[str], set_metrics: dict[s
         entry["samples_per_second"] = n_stat / entry["wall_seconds"] if entry["wall_seconds"] else float("nan")
         summary[method] = entry
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _histogram(output_dir / "reward_histogram.png", by_method, ["reward", *metric_names[:1]])
+    _histogram(output_dir / "reward_histogram.png", by_method, ["reward", *metric_names[:1]],
+               {"reward": reward_label})
     return summary
 
 
-def _histogram(path: Path, by_method: dict[str, list[dict]], columns: list[str]) -> None:
+def _histogram(path: Path, by_method: dict[str, list[dict]], columns: list[str], labels: dict[str, str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,7 +340,7 @@ def _histogram(path: Path, by_method: dict[str, list[dict]], columns: list[str])
         for method, v in values.items():
             v = v[torch.isfinite(v)]
             ax.hist(v.tolist(), bins=edges, alpha=0.45, label=f"{method} (median {quantile_summary(v)['median']:.2f})")
-        ax.set_xlabel(column)
+        ax.set_xlabel(labels.get(column, column))
         ax.set_ylabel("samples")
         ax.legend(fontsize=8)
     fig.tight_layout()
