@@ -5,18 +5,25 @@ import argparse
 import importlib
 import inspect
 import os
+import pickle
 import re
 import sys
+import zipfile
+from pathlib import Path
 from typing import Callable
 
 import lightning as L
 import torch
-from jsonargparse import DefaultHelpFormatter
-from lightning.pytorch.cli import LightningCLI
+from jsonargparse import ActionYesNo, DefaultHelpFormatter
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+from .. import checkpoints
 from ..paths import find
 
-USER_ERRORS = (FileNotFoundError, ValueError, KeyError, TypeError, argparse.ArgumentError)
+USER_ERRORS = (FileNotFoundError, ValueError, KeyError, TypeError, argparse.ArgumentError, MisconfigurationException,
+               pickle.UnpicklingError)
 PARSER_KWARGS = {"exit_on_error": False}
 
 
@@ -39,6 +46,10 @@ def _one_line_errors(build: Callable[[], LightningCLI]) -> LightningCLI:
         if os.environ.get("SVDD_DEBUG"):
             raise
         message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        if isinstance(err, MisconfigurationException):
+            message = f"trainer: {message}"
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()  # else the process aborts on exit under DDP
         sys.exit(f"error: {' '.join(_condense(message).split())} (SVDD_DEBUG=1 shows the traceback)")
 
 
@@ -141,6 +152,71 @@ def _decode_epilog() -> str:
             "--model.model.help CLASS; and in docs/methods.md and the API reference (mkdocs).")
 
 
+class _TrustingCLI(LightningCLI):
+    """``--trusted_packages``: packages whose Configurable classes checkpoints may construct (see
+    :func:`svdd_lightning.checkpoints.trust`), applied before any object is built; ``--ckpt_path``
+    must be a safe Lightning checkpoint (:func:`check_ckpt_path`) before it is read."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--trusted_packages", type=list[str], default=[],
+                            help="packages whose classes checkpoints may construct, besides svdd_lightning and "
+                                 "those declared by entry points (group svdd_lightning.checkpoints)")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        checkpoints.trust(*config.get("trusted_packages", []))
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads ``--ckpt_path``'s hyperparameters before anything else: check the file first."""
+        if self.config.get("subcommand"):
+            check_ckpt_path(self.config[self.config.subcommand].get("ckpt_path"))
+        super()._parse_ckpt_path()
+
+
+class TrainCLI(_TrustingCLI):
+    """``train.py``: any LightningModule/DataModule pair named in the config (subclass mode).
+
+    Before fitting, every ``ExportBest`` folder is checked (writable; not holding a model unless the
+    run resumes or ``overwrite`` is set), and the checkpoint callbacks keep ``last.ckpt`` in a fixed
+    folder (``default_root_dir/checkpoints``), so that ``--ckpt_path last`` resumes.
+    """
+
+    def before_fit(self) -> None:
+        from .training import ExportBest
+
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        trainer = self.trainer
+        for callback in trainer.callbacks:
+            if isinstance(callback, ExportBest):
+                callback.check_directory(resuming=ckpt_path is not None)
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint):
+                if callback.save_last is None:  # an explicit false is kept
+                    callback.save_last = True
+                if callback.dirpath is None:
+                    callback.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
+
+
+def check_ckpt_path(path: str | None) -> None:
+    """A ``--ckpt_path`` file must be a torch zip archive holding no pickled code (one line otherwise)."""
+    if path is None or path in ("last", "best", "hpc") or "://" in str(path):
+        return
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"ckpt_path {path}: no such file (or 'last' to resume the latest run)")
+    if not zipfile.is_zipfile(file):
+        raise ValueError(f"ckpt_path {path} is not a Lightning checkpoint: not a torch zip archive (truncated, "
+                         f"empty or another kind of file)")
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(file)
+    except Exception as err:  # a damaged archive
+        raise ValueError(f"ckpt_path {path} is not a readable Lightning checkpoint ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:200]})") from None
+    if unsafe:
+        raise ValueError(f"ckpt_path {path} holds pickled objects ({', '.join(unsafe[:3])}) that are not loaded, "
+                         f"for safety: resume only from checkpoints train.py wrote")
+
+
 def main_train(args: list[str] | None = None) -> LightningCLI:
     """``train.py``: any LightningModule/DataModule pair named in the config (subclass mode)."""
     args = _shipped_configs(args)
@@ -150,7 +226,7 @@ def main_train(args: list[str] | None = None) -> LightningCLI:
     epilog += "\n\nTheir parameters, with their descriptions: --model.help CLASS, --data.help CLASS"
     parser_kwargs = {**PARSER_KWARGS, "formatter_class": _ListingFormatter,
                      "fit": {**PARSER_KWARGS, "epilog": epilog}}
-    return _one_line_errors(lambda: LightningCLI(
+    return _one_line_errors(lambda: TrainCLI(
         L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
         save_config_kwargs={"overwrite": True}, parser_kwargs=parser_kwargs, args=args))
 
@@ -161,9 +237,20 @@ CKPT_PATH_MESSAGE = ("decode.py predict takes no --ckpt_path: name the pretraine
                      "--output_dir")
 
 
-class DecodeCLI(LightningCLI):
-    """``decode.py``: a :class:`DecodingModule` over :class:`SampleIndexDataModule`, with ``--output_dir``;
-    ``predict`` is its only subcommand and it has no optimizer options."""
+class SaveDecodeConfig(SaveConfigCallback):
+    """Writes ``config.yaml`` into the output folder once the writer has checked and locked it and
+    compared the settings (so a refused run leaves the folder's config.yaml describing what was run)."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        pass
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().setup(trainer, pl_module, "predict")
+
+
+class DecodeCLI(_TrustingCLI):
+    """``decode.py``: a :class:`DecodingModule` over :class:`SampleIndexDataModule`, with ``--output_dir``
+    and ``--overwrite``; ``predict`` is its only subcommand and it has no optimizer options."""
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -172,9 +259,13 @@ class DecodeCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         from .writer import DesignWriter
 
+        super().add_arguments_to_parser(parser)
         parser.add_argument("--output_dir", type=str, default="results", help="where the results are written")
+        parser.add_argument("--overwrite", action=ActionYesNo, default=False,
+                            help="discard the folder's results of methods whose settings changed and decode them again")
         parser.add_lightning_class_args(DesignWriter, "writer")
         parser.link_arguments("output_dir", "writer.output_dir")
+        parser.link_arguments("overwrite", "writer.overwrite")
         parser.link_arguments("output_dir", "data.output_dir")
         parser.link_arguments("output_dir", "trainer.default_root_dir")
 
@@ -196,6 +287,7 @@ def main_decode(args: list[str] | None = None) -> LightningCLI:
         **PARSER_KWARGS, "description": "Decode with every method of the config and write the comparison (docs/cli.md).",
         "epilog": _decode_epilog()}}
     return _one_line_errors(lambda: DecodeCLI(DecodingModule, SampleIndexDataModule, auto_configure_optimizers=False,
+                                              save_config_callback=SaveDecodeConfig,
                                               save_config_kwargs={"overwrite": True}, parser_kwargs=parser_kwargs,
                                               args=args))
 
