@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef, SpearmanC
 
 from .. import checkpoints
 from ..diffusion.masked import MaskedDiffusion
+from .folders import check_writable, replace_directory
 
 
 def _adamw_with_cosine(module: L.LightningModule, lr: float, weight_decay: float, warmup_steps: int):
@@ -164,31 +167,74 @@ class SequenceRegressorTraining(L.LightningModule):
 
 class ExportBest(L.Callback):
     """Writes the trained module (``model`` or ``network`` attribute) as a safe checkpoint directory
-    (``config.json`` + ``model.safetensors``) whenever the monitored validation metric improves."""
+    (``config.json`` + ``model.safetensors``) whenever the monitored validation metric improves.
 
-    def __init__(self, directory: str, monitor: str, mode: str = "min") -> None:
+    The directory is written whole under a temporary name and then renamed, so a reader never sees a
+    half-written export. The best score so far is part of the Lightning checkpoint: a run resumed
+    with ``--ckpt_path last`` exports only what beats it. Before training, the directory's parent
+    must be writable, and a directory that already holds a model is refused unless the run resumes
+    or ``overwrite`` is set (the configs export under ``runs/``; a shipped model under ``checkpoints/``
+    is updated by copying an export there, on purpose).
+    """
+
+    def __init__(self, directory: str, monitor: str, mode: str = "min", overwrite: bool = False) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"ExportBest.mode must be 'min' or 'max', got {mode!r}")
-        self.directory, self.monitor, self.mode = Path(directory), monitor, mode
+        self.directory, self.monitor, self.mode, self.overwrite = Path(directory), monitor, mode, overwrite
         self.best: float | None = None
+        self.seconds_before = 0.0  # training seconds of the runs this one resumes
+        self.started = time.time()
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(directory=str(self.directory), monitor=self.monitor)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "train_seconds": self._train_seconds()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best = state_dict.get("best")
+        self.seconds_before = float(state_dict.get("train_seconds", 0.0))
+
+    def _train_seconds(self) -> float:
+        return round(self.seconds_before + time.time() - self.started, 1)
+
+    def check_directory(self, resuming: bool) -> None:
+        """One-line errors, before any work, for an export that could not be written or would replace a model."""
+        if self.directory.is_file():
+            raise ValueError(f"ExportBest.directory {self.directory} is a file; name a folder to export into")
+        check_writable(self.directory.parent, "ExportBest.directory's parent")
+        if (self.directory / checkpoints.CONFIG).exists() and not (resuming or self.overwrite):
+            raise ValueError(f"ExportBest.directory {self.directory} already holds a model: set overwrite: true "
+                             f"to replace it (or resume that run with --ckpt_path last), or export elsewhere")
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and trainer.is_global_zero:
+            self.check_directory(resuming=trainer.ckpt_path is not None)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.started = time.time()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if not trainer.is_global_zero:
             return
         value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
+        if value is None:  # checked on the sanity check already, when there is one
             raise KeyError(f"ExportBest.monitor: {self.monitor!r} is not logged; logged: {sorted(trainer.callback_metrics)}")
+        if trainer.sanity_checking:
+            return
         value = float(value)
         if self.best is not None and (value >= self.best if self.mode == "min" else value <= self.best):
             return
         self.best = value
         module = getattr(pl_module, "model", None) or getattr(pl_module, "network")
-        checkpoints.save(module, self.directory, metadata={
+        tmp = self.directory.with_name(f".{self.directory.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        checkpoints.save(module, tmp, metadata={
             self.monitor: value, "epoch": trainer.current_epoch, "global_step": trainer.global_step,
-            "train_seconds": round(time.time() - self.started, 1),
-            "parameters": sum(p.numel() for p in module.parameters()),
+            "train_seconds": self._train_seconds(), "parameters": sum(p.numel() for p in module.parameters()),
         })
+        replace_directory(tmp, self.directory)
 
 
 def value_loss(pred: torch.Tensor, reward: torch.Tensor, target: str = "reward", alpha: float = 1.0,
