@@ -46,6 +46,8 @@ class Run:
 
     def __init__(self, model: DiffusionModel, reward: Reward, indices: Sequence[int],
                  chunk_size: int | None = None) -> None:
+        if reward.floor != reward.floor:
+            raise ValueError(f"reward {reward.name}: decoding needs a finite floor (a NaN floor keeps unscored samples)")
         self.model = model
         self.reward = reward
         self.conditions = torch.as_tensor(list(indices), dtype=torch.long) % model.num_conditions
