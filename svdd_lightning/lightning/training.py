@@ -183,6 +183,7 @@ class ExportBest(L.Callback):
         self.directory, self.monitor, self.mode, self.overwrite = Path(directory), monitor, mode, overwrite
         self.best: float | None = None
         self.seconds_before = 0.0  # training seconds of the runs this one resumes
+        self.resumed = False
         self.started = time.time()
 
     @property
@@ -195,6 +196,7 @@ class ExportBest(L.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.best = state_dict.get("best")
         self.seconds_before = float(state_dict.get("train_seconds", 0.0))
+        self.resumed = True
 
     def _train_seconds(self) -> float:
         return round(self.seconds_before + time.time() - self.started, 1)
@@ -209,10 +211,12 @@ class ExportBest(L.Callback):
                              f"to replace it (or resume that run with --ckpt_path last), or export elsewhere")
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit" and trainer.is_global_zero:
-            self.check_directory(resuming=trainer.ckpt_path is not None)
+        if stage == "fit" and trainer.is_global_zero:  # whether the run resumes is known once restored
+            self.check_directory(resuming=True)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.check_directory(resuming=self.resumed)
         self.started = time.time()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
