@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -15,24 +14,12 @@ from svdd_lightning.sequence_metrics import KmerCorrelation, kmer_frequencies
 from svdd_lightning.domains.dna.oracles import ConvClassifier, EnformerStyleClassifier
 from svdd_lightning.oracle_reward import OracleReward
 
-from tiny_dna import LENGTH, METHODS, build_tiny_checkpoints, decode_args, read_samples, run_cli
+from tiny_dna import LENGTH, METHODS, build_tiny_checkpoints, decode_args, read_samples, run_cli, write_regions
 
 
 @pytest.fixture(scope="module")
 def regions(tmp_path_factory) -> Path:
-    """A small regions TSV: 'HepG2' rows rich in GC, other cell types AT-rich."""
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("data") / "regions.tsv"
-    lines = ["dhs_id\tchr\tstart\tend\tsequence\tsplit\tcell_type"]
-    for i in range(240):
-        cell = ["HepG2", "K562", "GM12878", "hESCT0"][i % 4]
-        weights = [1, 3, 3, 1] if cell == "HepG2" else [3, 1, 1, 3]
-        seq = "".join(rng.choices("ACGT", weights=weights, k=LENGTH))
-        split = ["train", "train", "train", "validation", "test"][i % 5]
-        chrom = f"chr{1 + i % 6}"
-        lines.append(f"r{i}\t{chrom}\t0\t{LENGTH}\t{seq}\t{split}\t{cell}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_regions(tmp_path_factory.mktemp("data") / "regions.tsv")
 
 
 @pytest.fixture(scope="module")

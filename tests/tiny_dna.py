@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,20 @@ def build_tiny_checkpoints(root: Path) -> dict[str, Path]:
     paths["reference"] = root / "ref.fasta"
     paths["reference"].write_text("".join(f">r{i}\n{'ACGT' * (LENGTH // 4)}\n" for i in range(3)))
     return paths
+
+
+def write_regions(path: Path) -> Path:
+    """A small regions TSV: 'HepG2' rows rich in GC, other cell types AT-rich."""
+    rng = random.Random(0)
+    lines = ["dhs_id\tchr\tstart\tend\tsequence\tsplit\tcell_type"]
+    for i in range(240):
+        cell = ["HepG2", "K562", "GM12878", "hESCT0"][i % 4]
+        weights = [1, 3, 3, 1] if cell == "HepG2" else [3, 1, 1, 3]
+        seq = "".join(rng.choices("ACGT", weights=weights, k=LENGTH))
+        split = ["train", "train", "train", "validation", "test"][i % 5]
+        lines.append(f"r{i}\tchr{1 + i % 6}\t0\t{LENGTH}\t{seq}\t{split}\t{cell}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def decode_args(paths: dict[str, Path], out: Path, *extra: str) -> list[str]:
