@@ -265,7 +265,14 @@ def test_only_unfinished_methods_and_indices_are_decoded(tiny, inference_mode):
 
 # --- sample files -------------------------------------------------------------------------------------------
 def test_sample_files_come_from_the_model_else_json_lines(tiny, tmp_path):
+    from svdd_lightning.domains.images.diffusers_model import DiffusersChain
+    from svdd_lightning.domains.images.outputs import ImageFiles
+    from svdd_lightning.domains.molecules.graph_diffusion import GraphDiffusion
+    from svdd_lightning.domains.molecules.outputs import MoleculeFiles
+
     assert isinstance(sample_files_for(checkpoints.load(tiny["mdlm"])), FastaFiles)
+    assert isinstance(GraphDiffusion.sample_files(None), MoleculeFiles)  # the hook uses nothing of the model
+    assert isinstance(DiffusersChain.sample_files(None), ImageFiles)
     files = sample_files_for(object())
     assert isinstance(files, JsonlFiles)
     points = [torch.tensor([0.5, -1.25]), torch.tensor([2.0, 3.0])]

@@ -154,6 +154,12 @@ class DiffusersChain(DiffusionModel):
         with torch.no_grad():
             return list(self._images(x0[self.state_key]).float().cpu())
 
+    def sample_files(self):
+        """A decoding run writes this model's samples as PNGs and a grid per method."""
+        from .outputs import ImageFiles
+
+        return ImageFiles()
+
     def forward_noise(self, x0: ImageState, level: int, generators: Sequence[torch.Generator]) -> ImageState:
         """``scheduler.add_noise`` at the level's timestep (the clean level is returned as it is)."""
         if level >= self.num_steps:

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from ...evaluation import quantile_summary
-from ...lightning.writer import SampleFiles
+from ...sample_files import SampleFiles
 
 
 def to_pil(sample: torch.Tensor) -> Image.Image:

@@ -232,3 +232,9 @@ class GraphDiffusion(Configurable, DiffusionModel):
         from .graphs import graphs_to_molecules, to_smiles
 
         return to_smiles(graphs_to_molecules(x0["x"], x0["adj"], x0["flags"], self.atoms))
+
+    def sample_files(self):
+        """A decoding run writes this model's samples as SMILES files and drawings of the best."""
+        from .outputs import MoleculeFiles
+
+        return MoleculeFiles()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from rdkit.Chem import Draw
 
-from ...lightning.writer import SampleFiles
+from ...sample_files import SampleFiles
 from .rewards import parse
 
 
