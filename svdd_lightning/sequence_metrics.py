@@ -74,6 +74,7 @@ class GCContent(RewardFunction):
     """Fraction of G and C among a sequence's bases (a per-sample evaluation column)."""
 
     name = "gc_content"
+    unit = "fraction"
 
     def __call__(self, sequences: list[str]) -> list[float]:
         return [sum(c in "GCgc" for c in seq) / max(len(seq), 1) for seq in sequences]

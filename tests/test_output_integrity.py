@@ -282,3 +282,31 @@ def test_sample_files_come_from_the_model_else_json_lines(tiny, tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "smc.jsonl").read_text().splitlines()]
     assert lines[0] == {"index": 0, "reward": 1.0, "sample": {"tensor": [0.5, -1.25], "dtype": "float32"}}
     assert files.csv_value("smc", {"sample": points[0]}) == "[0.5, -1.25]"
+
+
+# --- plots that explain themselves -------------------------------------------------------------------------------
+def test_plots_name_the_reward_with_its_unit_and_the_method(tmp_path):
+    from PIL import Image
+
+    from svdd_lightning.core.reward import ProxyGuided
+    from svdd_lightning.domains.molecules.outputs import MoleculeFiles
+    from svdd_lightning.domains.molecules.rewards import QED
+
+    module = SimpleNamespace(reward=Reward(ProxyGuided(QED(), torch.nn.Linear(1, 1))),
+                             metrics={"qed": ScoreMetric(QED()), "oracle": ScoreMetric(lambda s: [0.0] * len(s))})
+    assert DesignWriter._labels(module) == {"reward": "reward: qed (QED, 0-1)", "qed": "qed (QED, 0-1)",
+                                            "oracle": "oracle"}
+    files = MoleculeFiles(grid_size=4, per_row=2)
+    files.reward_name = "qed"
+    rows = [{"index": i, "sample": s, "reward": 0.1 * i} for i, s in enumerate(["CCO", "CCN", "C1CC1", ""])]
+    files.write(tmp_path, "svdd_pm", rows)
+    with Image.open(tmp_path / "svdd_pm_best.png") as grid:
+        assert grid.size == (2 * 220, 2 * 180 + 30)  # RDKit's grid under a 30-pixel title band
+    summary = write_outputs(tmp_path, [], {}, {}, FastaFiles(), None, None, {"reward": "reward: qed (QED, 0-1)"})
+    assert summary == {} and not (tmp_path / "reward_histogram.png").exists()  # nothing to plot, no error
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "rank0.jsonl").write_text(json.dumps({"rows": [
+        {"method": m, "index": 0, "sample": "AC", "reward": 0.5} for m in ("a", "b")], "stats": []}) + "\n")
+    write_outputs(tmp_path, [], {}, {}, FastaFiles(), None, None, {"reward": "reward: qed (QED, 0-1)"})
+    with Image.open(tmp_path / "reward_histogram.png") as histogram:
+        assert histogram.size[1] > 250  # one panel per method

@@ -19,6 +19,8 @@ class RewardFunction(ABC):
     """Base of rewards named in configs (``class_path``); in Python any batched callable works."""
 
     name: str = "reward"
+    #: what the values measure, shown beside the name on plots (e.g. "kcal/mol")
+    unit: str | None = None
 
     @abstractmethod
     def __call__(self, samples: Sequence[Any]) -> Sequence[float]: ...
@@ -153,6 +155,7 @@ class ProxyGuided(RewardFunction):
             proxy = load(proxy)
         self.reward, self.proxy, self.time = reward, proxy.eval().requires_grad_(False), float(time)
         self.name = getattr(reward, "name", "reward")
+        self.unit = getattr(reward, "unit", None)
 
     def __call__(self, samples: Sequence[Any]) -> Sequence[float]:
         return self.reward(samples)

@@ -136,7 +136,7 @@ class DesignWriter(BasePredictionWriter):
             summary = write_outputs(self.output_dir, list(pl_module.metrics), self.set_metrics,
                                     {k: getattr(m, "threshold", None) for k, m in pl_module.metrics.items()},
                                     self.sample_files, self.digests, self.num_samples,
-                                    reward_label=reward_label(getattr(pl_module, "reward", None)))
+                                    labels=self._labels(pl_module))
             print(format_summary(summary))
             if self.num_samples is not None:
                 missing = sum(self.num_samples - summary.get(m, {}).get("n", 0) for m in self.digests)
@@ -146,6 +146,13 @@ class DesignWriter(BasePredictionWriter):
             raise ValueError(f"output_dir {self.output_dir}: {missing} of {total} requested (method, index) results "
                              f"are missing from {PARTS}/ (multi-node decoding needs an output folder shared by every "
                              f"node); rerun the same command to decode them")
+
+    @staticmethod
+    def _labels(pl_module: L.LightningModule) -> dict[str, str]:
+        """Axis labels of the reward and the evaluation columns: their names and units."""
+        reward = getattr(pl_module, "reward", None)
+        labels = {"reward": axis_label(f"reward: {getattr(reward, 'name', 'reward')}", reward)}
+        return {**labels, **{k: axis_label(k, m) for k, m in getattr(pl_module, "metrics", {}).items()}}
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._release()
@@ -257,24 +264,26 @@ def _read_parts(folder: Path, digests: dict[str, str] | None, num_samples: int |
     return sorted(rows.values(), key=lambda r: (r["method"], r["index"])), stats
 
 
-def reward_label(reward: Any) -> str:
-    """The reward's name, with its unit when the reward function declares one (``unit``)."""
-    if reward is None:
-        return "reward"
-    unit = getattr(getattr(reward, "fn", reward), "unit", None)
-    name = getattr(reward, "name", "reward")
-    return f"{name} ({unit})" if unit else name
+def axis_label(name: str, scorer: Any) -> str:
+    """``name`` with the unit its scorer declares (``unit``, found on it or on the callable it wraps)."""
+    for _ in range(4):
+        unit = getattr(scorer, "unit", None)
+        if unit:
+            return f"{name} ({unit})"
+        scorer = getattr(scorer, "fn", None)
+    return name
 
 
 def write_outputs(output_dir: Path, metric_names: list[str], set_metrics: dict[str, Callable[[list], float]],
                   thresholds: dict[str, float | None], sample_files: SampleFiles | None = None,
                   digests: dict[str, str] | None = None, num_samples: int | None = None,
-                  reward_label: str = "reward") -> dict:
+                  labels: dict[str, str] | None = None) -> dict:
     """Merge the parts under ``output_dir`` into sample files, CSV, JSON summary and histogram.
 
     With ``digests`` (method -> settings fingerprint) only those methods' rows decoded with those
     settings are merged, and with ``num_samples`` only indices below it. ``distinct_fraction``
-    compares the samples' stored forms (``sample_files.encode``), not their reprs.
+    compares the samples' stored forms (``sample_files.encode``), not their reprs. ``labels`` name
+    the reward and evaluation columns (with units) on the histogram.
     """
     output_dir = Path(output_dir)
     sample_files = sample_files or FastaFiles()
@@ -320,29 +329,45 @@ def write_outputs(output_dir: Path, metric_names: list[str], set_metrics: dict[s
         entry["samples_per_second"] = n_stat / entry["wall_seconds"] if entry["wall_seconds"] else float("nan")
         summary[method] = entry
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _histogram(output_dir / "reward_histogram.png", by_method, ["reward", *metric_names[:1]],
-               {"reward": reward_label})
+    if by_method:
+        _histogram(output_dir / "reward_histogram.png", by_method, ["reward", *metric_names[:1]], labels or {})
     return summary
 
 
 def _histogram(path: Path, by_method: dict[str, list[dict]], columns: list[str], labels: dict[str, str]) -> None:
+    """Small multiples: one row per method, one column per score, shared bins; each panel marks its
+    median and names its count, so that no distribution hides another."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(columns), figsize=(5.5 * len(columns), 4), squeeze=False)
-    for ax, column in zip(axes[0], columns):
+    methods = list(by_method)
+    fig, axes = plt.subplots(len(methods), len(columns), figsize=(5.0 * len(columns), 1.0 + 1.25 * len(methods)),
+                             squeeze=False, sharex="col")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for c, column in enumerate(columns):
         values = {m: torch.tensor([r[column] for r in rows if r.get(column) is not None], dtype=torch.float64)
                   for m, rows in by_method.items()}
-        finite = torch.cat([v[torch.isfinite(v)] for v in values.values()])
-        edges = torch.linspace(float(finite.min()), float(finite.max()) + 1e-9, 41).tolist() if finite.numel() else 40
-        for method, v in values.items():
-            v = v[torch.isfinite(v)]
-            ax.hist(v.tolist(), bins=edges, alpha=0.45, label=f"{method} (median {quantile_summary(v)['median']:.2f})")
-        ax.set_xlabel(labels.get(column, column))
-        ax.set_ylabel("samples")
-        ax.legend(fontsize=8)
+        values = {m: v[torch.isfinite(v)] for m, v in values.items()}
+        pooled = torch.cat(list(values.values()))
+        edges = torch.linspace(float(pooled.min()), float(pooled.max()) + 1e-9, 31).tolist() if pooled.numel() else 30
+        for r, method in enumerate(methods):
+            ax, v, color = axes[r][c], values[method], colors[r % len(colors)]
+            ax.hist(pooled.tolist(), bins=edges, histtype="step", color="0.75", linewidth=0.8)  # all methods
+            ax.hist(v.tolist(), bins=edges, color=color, alpha=0.8)
+            if v.numel():
+                median = float(v.quantile(0.5))
+                ax.axvline(median, color="black", linewidth=1, linestyle="--")
+                note = f"{method}: median {median:.3g}, n={v.numel()}"
+            else:
+                note = f"{method}: no finite values"
+            ax.text(0.01, 0.95, note, transform=ax.transAxes, fontsize=8, va="top")
+            ax.set_ylabel("samples", fontsize=8)
+            ax.tick_params(labelsize=7)
+        axes[-1][c].set_xlabel(labels.get(column, column))
+    names = " and ".join(labels.get(c, c).split(" (")[0] for c in columns)
+    fig.suptitle(f"{names}, by method (grey outline: all methods pooled; dashed: median)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

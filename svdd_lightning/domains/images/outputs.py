@@ -61,7 +61,8 @@ class ImageFiles(SampleFiles):
         (output_dir / method).mkdir(exist_ok=True)
         for r in rows:
             to_pil(r["sample"]).save(output_dir / self.csv_value(method, r))
-        self.write_grid(output_dir / f"{method}_grid.png", method, rows)
+        self.write_grid(output_dir / f"{method}_grid.png", f"{method}: first {min(len(rows), self.grid_size)} samples",
+                        rows)
 
     def write_grid(self, path: Path, title: str, rows: list[dict]) -> None:
         """A PNG grid of the first ``grid_size`` rows (``sample``, ``reward``), rewards underneath, titled ``title``."""
@@ -84,7 +85,7 @@ class ImageFiles(SampleFiles):
                 ax.imshow(image.permute(1, 2, 0).numpy())
             ax.text(0.5, -0.03, f"{r['reward']:.2f}", transform=ax.transAxes, ha="center", va="top", fontsize=7)
         median = quantile_summary(torch.tensor([r["reward"] for r in rows]))["median"]
-        fig.suptitle(f"{title} (median reward {median:.2f})", fontsize=10)
+        fig.suptitle(f"{title}, {self.reward_name} underneath (median {median:.2f})", fontsize=10)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)

@@ -77,6 +77,7 @@ class Compressibility(RewardFunction):
     """
 
     name = "compressibility"
+    unit = "-JPEG size, kB"
 
     def __init__(self, quality: int = 95, processes: int = 1) -> None:
         if not 1 <= quality <= 100:
@@ -170,6 +171,7 @@ class AestheticScore(NetworkImageReward):
     """
 
     name = "aesthetic"
+    unit = "LAION aesthetic score"
 
     def __init__(self, clip_path: str, predictor_path: str, batch_size: int = 32) -> None:
         require("transformers", extra="images", feature="AestheticScore")
@@ -212,6 +214,8 @@ class ClassifierLogProb(NetworkImageReward):
         batch_size: images per network call.
     """
 
+    unit = "log probability"
+
     def __init__(self, checkpoint: str, target_class: int, batch_size: int = 256) -> None:
         self.network = checkpoints.load(checkpoint).requires_grad_(False)
         self.target_class, self.batch_size = int(target_class), batch_size
@@ -235,7 +239,7 @@ class ClassifierConfidence(ClassifierLogProb):
 
     def __init__(self, checkpoint: str, batch_size: int = 256) -> None:
         super().__init__(checkpoint, target_class=0, batch_size=batch_size)
-        self.name = "classifier_confidence"
+        self.name, self.unit = "classifier_confidence", "probability"
 
     def relaxed(self, images: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.network(images.to(self._device()).float()).float(), dim=-1).amax(dim=-1)
@@ -250,6 +254,7 @@ class InkFraction(RewardFunction):
     """
 
     name = "ink_fraction"
+    unit = "fraction of pixels"
 
     def __init__(self, threshold: float = 0.5) -> None:
         self.threshold = float(threshold)

@@ -139,6 +139,8 @@ class VinaDocking(RewardFunction):
         name: the reward's name in outputs.
     """
 
+    unit = "-Vina score, kcal/mol"
+
     def __init__(self, receptor: str | None = None, center: Sequence[float] | None = None,
                  box_size: Sequence[float] | None = None, target: str | None = None, exhaustiveness: int = 1,
                  processes: int = 1, timeout: float = 60.0, seed: int = 0, num_poses: int = 1,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from PIL import Image, ImageDraw, ImageFont
 from rdkit.Chem import Draw
 
 from ...sample_files import SampleFiles
@@ -12,7 +13,7 @@ from .rewards import parse
 class MoleculeFiles(SampleFiles):
     """``<method>.smi`` (SMILES, name and reward per line; invalid samples as ``*``, RDKit's empty
     SMILES placeholder) and ``<method>_best.png``: the ``grid_size`` best valid distinct molecules,
-    drawn with RDKit, each with its reward underneath."""
+    drawn with RDKit under a title naming the method and the reward, each with its reward underneath."""
 
     column = "smiles"
 
@@ -32,6 +33,17 @@ class MoleculeFiles(SampleFiles):
             if len(best) == self.grid_size:
                 break
         if best:
-            image = Draw.MolsToGridImage([parse(s) for s in best], molsPerRow=self.per_row, subImgSize=(220, 180),
-                                         legends=[f"{v:.3f}" for v in best.values()])
-            image.save(output_dir / f"{method}_best.png")
+            grid = Draw.MolsToGridImage([parse(s) for s in best], molsPerRow=self.per_row, subImgSize=(220, 180),
+                                        legends=[f"{self.reward_name} {v:.3f}" for v in best.values()])
+            title = f"{method}: the {len(best)} best valid distinct of {len(rows)} molecules by {self.reward_name}"
+            _titled(grid, title).save(output_dir / f"{method}_best.png")
+
+
+def _titled(image: Image.Image, title: str) -> Image.Image:
+    """``image`` under a white band holding ``title``."""
+    font = ImageFont.load_default(size=16)
+    band = 30
+    out = Image.new("RGB", (image.width, image.height + band), "white")
+    out.paste(image, (0, band))
+    ImageDraw.Draw(out).text((8, 6), title, fill="black", font=font)
+    return out

@@ -75,6 +75,7 @@ class QED(_RDKitReward):
     """
 
     name = "qed"
+    unit = "QED, 0-1"
     score = staticmethod(qed_score)
 
 
@@ -86,6 +87,7 @@ class SA(_RDKitReward):
     """
 
     name = "sa"
+    unit = "(10 - SA) / 9, 0-1"
     score = staticmethod(sa_score)
 
 

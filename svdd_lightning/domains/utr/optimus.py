@@ -112,6 +112,7 @@ class OptimusScore(RewardFunction):
     """
 
     name = "optimus5prime"
+    unit = "z-scored MRL"
 
     def __init__(self, path: str, batch_size: int = 4096) -> None:
         if batch_size < 1:

@@ -49,6 +49,7 @@ class MinimumFreeEnergy(RewardFunction):
     """
 
     name = "stability"
+    unit = "-MFE, kcal/mol"
 
     def __init__(self, temperature: float = 37.0, per_nucleotide: bool = False, processes: int = 1) -> None:
         require("RNA", extra="rna", feature="MinimumFreeEnergy")
@@ -72,6 +73,7 @@ class UpstreamAUGs(RewardFunction):
     """Count of AUG (or ATG) triplets in each 5'UTR, overlapping occurrences included."""
 
     name = "upstream_augs"
+    unit = "count"
 
     def __call__(self, sequences: Sequence[str]) -> list[float]:
         counts = []
