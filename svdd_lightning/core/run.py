@@ -1,8 +1,10 @@
 """One decoding call's frozen model, reward and compute counters, and lazily evaluated candidates."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, fields
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
@@ -29,6 +31,20 @@ class DecodeStats:
 
     def per_sample(self, n: int) -> dict[str, float]:
         return {f.name: getattr(self, f.name) / max(n, 1) for f in fields(self)}
+
+
+_step_observer: ContextVar[Callable[[int, int], None] | None] = ContextVar("step_observer", default=None)
+
+
+@contextmanager
+def observe_steps(callback: Callable[[int, int], None]) -> Iterator[None]:
+    """Call ``callback(level, num_steps)`` after every proposal step (level reached) of the decodes run
+    inside the block (e.g. to show progress); nothing is synchronised with the device."""
+    token = _step_observer.set(callback)
+    try:
+        yield
+    finally:
+        _step_observer.reset(token)
 
 
 def _rows_equal(a: State, b: State) -> torch.Tensor:
@@ -82,7 +98,11 @@ class Run:
         """``model.propose``, counting the denoiser calls a proposal makes itself (e.g. a
         predictor-corrector sampler's second score evaluation)."""
         self.stats.denoiser_calls += batch_size(x) * num_candidates * self.model.proposal_denoiser_calls
-        return self.model.propose(x, prediction, level, generators, num_candidates)
+        proposals = self.model.propose(x, prediction, level, generators, num_candidates)
+        observer = _step_observer.get()
+        if observer is not None:
+            observer(level + 1, self.model.num_steps)
+        return proposals
 
     def score(self, x0: State) -> torch.Tensor:
         """Reward of clean states (decoded first), floored where the reward fails.
