@@ -310,3 +310,21 @@ def test_plots_name_the_reward_with_its_unit_and_the_method(tmp_path):
     write_outputs(tmp_path, [], {}, {}, FastaFiles(), None, None, {"reward": "reward: qed (QED, 0-1)"})
     with Image.open(tmp_path / "reward_histogram.png") as histogram:
         assert histogram.size[1] > 250  # one panel per method
+
+
+# --- progress ---------------------------------------------------------------------------------------------
+def test_progress_per_method_and_step_in_a_log(tiny, tmp_path, capfd):
+    config = write_config(tiny, tmp_path / "c.yaml", model_args={"num_steps": 4})
+    assert decode(config, tmp_path / "out", "--trainer.enable_progress_bar", "true", "--progress.interval", "1e-9",
+                  "--progress.bar", "false") is None
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("decode:")]
+    assert lines[0] == "decode: 8 samples to decode (pretrained 4, best_of_n 4)"
+    steps = [line for line in lines if "step" in line]
+    assert any("| pretrained batch 1/2 step 1/4 |" in line for line in steps)
+    assert any("| best_of_n batch 2/2 step 3/4 |" in line for line in steps)
+    assert all(" samples/s | ETA " in line for line in lines[1:-1])
+    done = [float(line.split()[1].split("/")[0]) for line in lines[1:-1]]
+    assert done == sorted(done) and lines[-1].startswith("decode: 8/8 samples in ")
+    # silent when Lightning's progress bar is off (as in the other tests)
+    assert decode(config, tmp_path / "out2") is None
+    assert not [line for line in capfd.readouterr().err.splitlines() if line.startswith("decode:")]

@@ -257,6 +257,7 @@ class DecodeCLI(_TrustingCLI):
         return {"predict": {"model", "dataloaders", "datamodule", "weights_only"}}
 
     def add_arguments_to_parser(self, parser) -> None:
+        from .progress import DecodeProgress
         from .writer import DesignWriter
 
         super().add_arguments_to_parser(parser)
@@ -264,6 +265,7 @@ class DecodeCLI(_TrustingCLI):
         parser.add_argument("--overwrite", action=ActionYesNo, default=False,
                             help="discard the folder's results of methods whose settings changed and decode them again")
         parser.add_lightning_class_args(DesignWriter, "writer")
+        parser.add_lightning_class_args(DecodeProgress, "progress")
         parser.link_arguments("output_dir", "writer.output_dir")
         parser.link_arguments("overwrite", "writer.overwrite")
         parser.link_arguments("output_dir", "data.output_dir")

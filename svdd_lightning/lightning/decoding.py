@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from typing import Any, Iterator
 
 import lightning as L
@@ -19,6 +20,7 @@ from .. import checkpoints
 from ..core.decoders import Decoder
 from ..core.model import DiffusionModel
 from ..core.reward import Reward, RewardFunction
+from ..core.run import observe_steps
 from ..core.value import NetworkValue
 from ..evaluation import SampleMetric, ScoreMetric
 from ..sequences import tokenize
@@ -67,6 +69,8 @@ class DecodingModule(L.LightningModule):
         self.seed = seed
         #: method -> sample indices already decoded with this run's settings (set by DesignWriter)
         self.finished: dict[str, set[int]] = {}
+        #: told of every method's batch and denoising step while a DecodeProgress callback runs
+        self.progress: Any = None
         check_alphabets(self.model, {"model.reward": reward, **{f"model.metrics.{k}": m for k, m in self.metrics.items()}})
 
     def method_settings(self, precision: str = "32-true", batch_size: int | None = None,
@@ -107,6 +111,7 @@ class DecodingModule(L.LightningModule):
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, list]:
         indices = [i for i, spare in zip(batch["index"].tolist(), batch["spare"].tolist()) if not spare]
         rows, stats = [], []
+        progress = self.progress
         for name, decoder in self.methods.items():
             todo = [i for i in indices if i not in self.finished.get(name, ())]
             if not todo:  # every index of the batch is done for this method (or a rank's placeholder item)
@@ -114,7 +119,10 @@ class DecodingModule(L.LightningModule):
             start = time.perf_counter()
             generators = [torch.Generator().manual_seed(sample_seed(self.seed, name, i)) for i in todo]
             calls, errors = self.reward.calls, self.reward.errors
-            result = decoder.sample(self.model, self.reward, generators, todo)
+            if progress is not None:
+                progress.method_start(name, len(todo))
+            with observe_steps(progress.step) if progress is not None else nullcontext():
+                result = decoder.sample(self.model, self.reward, generators, todo)
             if self.reward.calls > calls and self.reward.errors - errors == self.reward.calls - calls:
                 raise RewardFailure(f"reward {self.reward.name} raised on every sample of a batch of {name} "
                                     f"({self.reward.calls - calls} samples; last: {self.reward.last_error}); "
@@ -126,6 +134,8 @@ class DecodingModule(L.LightningModule):
                 rows.append({"method": name, "index": index, "sample": result.samples[j],
                              "reward": float(result.rewards[j]), **{k: v[j] for k, v in columns.items()}})
             stats.append({"method": name, "n": len(todo), "seconds": seconds, **vars(result.stats)})
+            if progress is not None:
+                progress.method_done()
         return {"rows": rows, "stats": stats}
 
 
