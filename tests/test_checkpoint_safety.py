@@ -263,3 +263,19 @@ class _NotConfigurable(nn.Module):
 def test_save_refuses_a_module_that_cannot_be_rebuilt(tmp_path):
     with pytest.raises(TypeError, match="not Configurable"):
         checkpoints.save(_NotConfigurable(), tmp_path / "x")
+
+
+def test_trusted_packages_on_the_command_line_apply_before_any_object_is_built(user_package, tmp_path):
+    from svdd_lightning.lightning.cli import main_decode
+
+    net = user_package.Scorer(width=2).eval()
+    checkpoints.save(net, tmp_path / "scorer")
+    # the reward's oracle is the user's network: loadable only once --trusted_packages has been applied
+    args = ["predict", "--config", "configs/dna/compare.yaml", "--model.reward.init_args.checkpoint",
+            str(tmp_path / "scorer"), "--model.reward.init_args.alphabet", "ACGT", "--data.num_samples", "0"]
+    with pytest.raises(SystemExit, match="'labmodels.Scorer' is outside the trusted packages"):
+        main_decode(args)
+    with pytest.raises(SystemExit) as exit_:
+        main_decode([*args, "--trusted_packages", "[labmodels]"])
+    assert "labmodels" in checkpoints.trusted_packages()
+    assert "outside the trusted packages" not in exit_.value.code
