@@ -268,11 +268,15 @@ def test_save_refuses_a_module_that_cannot_be_rebuilt(tmp_path):
 def test_trusted_packages_on_the_command_line_apply_before_any_object_is_built(user_package, tmp_path):
     from svdd_lightning.lightning.cli import main_decode
 
+    from test_output_integrity import write_config
+    from tiny_dna import build_tiny_checkpoints
+
+    config = write_config(build_tiny_checkpoints(tmp_path / "tiny"), tmp_path / "decode.yaml")
     net = user_package.Scorer(width=2).eval()
     checkpoints.save(net, tmp_path / "scorer")
     # the reward's oracle is the user's network: loadable only once --trusted_packages has been applied
-    args = ["predict", "--config", "configs/dna/compare.yaml", "--model.reward.init_args.checkpoint",
-            str(tmp_path / "scorer"), "--model.reward.init_args.alphabet", "ACGT", "--data.num_samples", "0"]
+    args = ["predict", "--config", str(config), "--model.reward.init_args.checkpoint",
+            str(tmp_path / "scorer"), "--data.num_samples", "0"]
     with pytest.raises(SystemExit, match="'labmodels.Scorer' is outside the trusted packages"):
         main_decode(args)
     with pytest.raises(SystemExit) as exit_:
