@@ -24,7 +24,7 @@ from svdd_lightning.lightning.cli import main_decode
 from svdd_lightning.lightning.decoding import DecodingModule, RewardFailure
 from svdd_lightning.lightning.fingerprint import describe, differences
 from svdd_lightning.lightning.folders import LOCK, acquire_lock, release_lock
-from svdd_lightning.lightning.writer import DesignWriter, write_outputs
+from svdd_lightning.lightning.writer import DesignWriter, format_summary, write_outputs
 from svdd_lightning.oracle_reward import OracleReward
 from svdd_lightning.sample_files import FastaFiles, JsonlFiles, sample_files_for
 
@@ -208,6 +208,9 @@ def test_merge_counts_failed_evaluation_rows_and_keeps_one_run_per_sample(tmp_pa
     entry = summary["m"]
     assert entry["n"] == 2 and entry["oracle"]["failures"] == 1 and entry["oracle"]["median"] == 0.5
     assert entry["wall_seconds"] == 2.0 and entry["reward_failures"] == 1  # one batch's statistics, not three
+    assert "warning" not in format_summary(summary)
+    entry["reward_failures"] = 2  # every evaluation floored: said below the table
+    assert format_summary(summary).splitlines()[-1].startswith("warning: the reward scored none of m's 2 samples")
 
 
 # --- rewards ----------------------------------------------------------------------------------------------

@@ -374,10 +374,16 @@ def _histogram(path: Path, by_method: dict[str, list[dict]], columns: list[str],
 
 
 def format_summary(summary: dict) -> str:
-    """A plain-text table of the headline figures per method."""
+    """A plain-text table of the headline figures per method, then a warning for each method whose
+    reward evaluations all failed (every sample floored: a reward that matches none of its samples)."""
     lines = [f"{'method':<14}{'n':>6}{'reward med':>12}{'top10%':>9}{'NFE/sample':>12}{'reward calls':>14}{'seconds':>9}"]
     for method, e in summary.items():
         lines.append(f"{method:<14}{e['n']:>6}{e['reward']['median']:>12.3f}{e['reward']['top10']:>9.3f}"
                      f"{e['per_sample']['denoiser_calls']:>12.1f}{e['per_sample']['reward_calls']:>14.1f}"
                      f"{e['wall_seconds']:>9.1f}")
+    for method, e in summary.items():
+        calls = e["per_sample"]["reward_calls"] * e["n"]
+        if calls and e["reward_failures"] >= calls - 1e-6:
+            lines.append(f"warning: the reward scored none of {method}'s {e['n']} samples (all floored): check that "
+                         f"it reads this model's samples")
     return "\n".join(lines)
