@@ -35,6 +35,7 @@ from torch import nn
 from .paths import find
 
 ENTRY_POINT_GROUP = "svdd_lightning.checkpoints"
+CONFIG, WEIGHTS = "config.json", "model.safetensors"
 _TRUSTED: set[str] = {"svdd_lightning"}
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
@@ -155,9 +156,9 @@ def save(module: nn.Module, directory: str | Path, metadata: dict | None = None)
     config = module.to_config()
     if metadata:
         config["metadata"] = metadata
-    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (directory / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    save_file(state, str(directory / "model.safetensors"))
+    save_file(state, str(directory / WEIGHTS))
     return directory
 
 
@@ -185,9 +186,6 @@ def load(directory: str | Path, map_location: str | torch.device = "cpu", overri
         raise ValueError(f"checkpoint {directory}: config.json builds a {type(module).__name__}, not a torch module")
     load_weights(module, directory / WEIGHTS, map_location)
     return module.eval()
-
-
-CONFIG, WEIGHTS = "config.json", "model.safetensors"
 
 
 def read_config(directory: str | Path) -> dict:

@@ -204,8 +204,8 @@ class SampleIndexDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         module = self.trainer.lightning_module if self.trainer is not None else None
         finished = getattr(module, "finished", {})
-        methods = list(getattr(module, "methods", {})) or list(finished)
-        todo = [i for i in range(self.num_samples) if any(i not in finished.get(m, ()) for m in methods)]
+        methods = list(getattr(module, "methods", {}))
+        todo = [i for i in range(self.num_samples) if not methods or any(i not in finished.get(m, ()) for m in methods)]
         world = self.trainer.world_size if self.trainer is not None else 1
         spare = max(world - len(todo), 0)
         if spare:
