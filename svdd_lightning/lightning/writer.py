@@ -288,6 +288,8 @@ def write_outputs(output_dir: Path, metric_names: list[str], set_metrics: dict[s
     output_dir = Path(output_dir)
     sample_files = sample_files or FastaFiles()
     rows, stats = _read_parts(output_dir, digests, num_samples)
+    order = {m: k for k, m in enumerate(digests or {})}  # the config's order of methods, when known
+    rows.sort(key=lambda r: (order.get(r["method"], len(order)), r["method"], r["index"]))
     by_method: dict[str, list[dict]] = defaultdict(list)
     stored: dict[str, list] = defaultdict(list)
     for row in rows:
