@@ -21,6 +21,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from .. import checkpoints
 from ..paths import find
+from .folders import ReportedByRankZero
 
 USER_ERRORS = (FileNotFoundError, ValueError, KeyError, TypeError, argparse.ArgumentError, MisconfigurationException,
                pickle.UnpicklingError)
@@ -50,6 +51,8 @@ def _one_line_errors(build: Callable[[], LightningCLI]) -> LightningCLI:
             message = f"trainer: {message}"
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # else the process aborts on exit under DDP
+        if isinstance(err, ReportedByRankZero):
+            sys.exit(1)
         sys.exit(f"error: {' '.join(_condense(message).split())} (SVDD_DEBUG=1 shows the traceback)")
 
 

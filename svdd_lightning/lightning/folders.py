@@ -12,6 +12,11 @@ from pathlib import Path
 LOCK = ".decode.lock"
 
 
+class ReportedByRankZero(ValueError):
+    """An error of the whole run (a refused folder, an incomplete merge) that global rank 0 reports;
+    the other processes only stop."""
+
+
 def check_writable(folder: Path, field: str) -> None:
     """Create ``folder`` and write a file in it, or raise a one-line error naming ``field``."""
     try:

@@ -38,7 +38,7 @@ from ..evaluation import distinct_fraction, quantile_summary
 from ..sample_files import FastaFiles, JsonlFiles, SampleFiles, sample_files_for
 from .decoding import PARTS
 from .fingerprint import differences, digest
-from .folders import acquire_lock, atomic_write, check_writable, read_json, release_lock
+from .folders import ReportedByRankZero, acquire_lock, atomic_write, check_writable, read_json, release_lock
 
 __all__ = ["DesignWriter", "FastaFiles", "JsonlFiles", "SampleFiles", "write_outputs", "format_summary"]
 
@@ -86,7 +86,7 @@ class DesignWriter(BasePredictionWriter):
                 outcome = {"error": str(err)}
         outcome = trainer.strategy.broadcast(outcome, src=0)
         if outcome["error"]:
-            raise ValueError(outcome["error"])
+            raise (ValueError if trainer.is_global_zero else ReportedByRankZero)(outcome["error"])
         self.digests = outcome["digests"]
         pl_module.finished = {m: set(v) for m, v in outcome["finished"].items()}
 
@@ -143,7 +143,7 @@ class DesignWriter(BasePredictionWriter):
         missing = trainer.strategy.broadcast(missing, src=0)
         if missing:
             total = self.num_samples * len(self.digests)
-            raise ValueError(f"output_dir {self.output_dir}: {missing} of {total} requested (method, index) results "
+            raise (ValueError if trainer.is_global_zero else ReportedByRankZero)(f"output_dir {self.output_dir}: {missing} of {total} requested (method, index) results "
                              f"are missing from {PARTS}/ (multi-node decoding needs an output folder shared by every "
                              f"node); rerun the same command to decode them")
 
