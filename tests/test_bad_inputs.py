@@ -191,6 +191,8 @@ TRAIN_CASES = {
     "monitor not logged": (lambda p: ["--trainer.callbacks.init_args.monitor", "val/loss"],
                            "ExportBest.monitor: 'val/loss' is not logged"),
     "export mode": (lambda p: ["--trainer.callbacks.init_args.mode", "best"], "ExportBest.mode must be"),
+    "export over the run folder": (lambda p: ["--trainer.callbacks.init_args.directory", str(p / "runs")],
+                                   "holds trainer.default_root_dir"),
     "data missing": (lambda p: ["--data.init_args.path", str(p / "none.tsv")], "data.path"),
 }
 
@@ -200,7 +202,7 @@ def test_train_bad_input_is_one_line_before_training(regions, tmp_path, case, ca
     make_args, fragment = TRAIN_CASES[case]
     message = fit(regions, tmp_path, "--trainer.max_steps", "2", *make_args(tmp_path))
     assert message is not None and message.startswith("error: ") and fragment in message, message
-    assert not list(tmp_path.glob("runs/**/*.ckpt")) and not (tmp_path / "export").exists()
+    assert not list(tmp_path.glob("runs/**/*.ckpt")) and not (tmp_path / "export").exists()  # nothing trained
     captured = capfd.readouterr()
     assert "Traceback" not in captured.err and "pwned" not in captured.out
 

@@ -21,6 +21,7 @@ from svdd_lightning import checkpoints
 from svdd_lightning.checkpoints import Configurable
 from svdd_lightning.diffusion import DilatedConvDenoiser, MaskedDiffusion
 from svdd_lightning.domains.molecules.gdss_checkpoint import convert_gdss_checkpoint
+from svdd_lightning.sample_files import sample_files_for
 
 
 @pytest.fixture
@@ -283,3 +284,19 @@ def test_trusted_packages_on_the_command_line_apply_before_any_object_is_built(u
         main_decode([*args, "--trusted_packages", "[labmodels]"])
     assert "labmodels" in checkpoints.trusted_packages()
     assert "outside the trusted packages" not in exit_.value.code
+
+
+def test_the_example_package_is_loadable_through_its_entry_point():
+    """examples/peptide_svdd declares ``[project.entry-points."svdd_lightning.checkpoints"]``; once installed
+    (CI installs it), its shipped checkpoints load with no trust given in code."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("peptide-svdd-example")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("examples/peptide_svdd is not installed (.ci/run installs it)")
+    checkpoints._entry_point_packages.cache_clear()
+    assert "peptide_svdd" in checkpoints.trusted_packages()
+    model = checkpoints.load(Path(__file__).parents[1] / "examples/peptide_svdd/checkpoints/pretrained")
+    assert type(model).__module__ == "peptide_svdd.model" and model.num_steps == 24
+    assert type(sample_files_for(model)).__name__ == "FastaFiles"

@@ -211,6 +211,10 @@ class ExportBest(L.Callback):
                              f"to replace it (or resume that run with --ckpt_path last), or export elsewhere")
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        root = Path(trainer.default_root_dir).resolve()
+        if root == self.directory.resolve() or self.directory.resolve() in root.parents:
+            raise ValueError(f"ExportBest.directory {self.directory} holds trainer.default_root_dir {trainer.default_root_dir}: "
+                             f"an export replaces its folder whole (Lightning's checkpoints with it); name another")
         if stage == "fit" and trainer.is_global_zero:  # whether the run resumes is known once restored
             self.check_directory(resuming=True)
 

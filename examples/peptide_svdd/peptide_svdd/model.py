@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from svdd_lightning import Configurable, DiffusionModel
+from svdd_lightning.sample_files import FastaFiles
 
 from .data import AMINO_ACIDS
 
@@ -96,6 +97,10 @@ class PeptideDiffusion(Configurable, DiffusionModel):
         """Token rows -> peptide strings ("-" for a position still masked)."""
         letters = AMINO_ACIDS + "-"
         return ["".join(letters[i] for i in row) for row in x0.tolist()]
+
+    def sample_files(self) -> FastaFiles:
+        """A decoding run writes the peptides as FASTA."""
+        return FastaFiles()
 
     def forward_noise(self, x0: torch.Tensor, level: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
         """x_k ~ q(x_k | x_0): each position masked with probability t_k."""
