@@ -82,10 +82,44 @@ class Reward:
         except Exception as err:  # isolate the failing samples
             log.warning("reward %s failed on a batch of %d (%s); scoring one by one", self.name, len(samples), err)
             raw = [self._score_one(s) for s in samples]
+        return self._values(raw)
+
+    def _values(self, raw: Sequence[Any]) -> torch.Tensor:
         values = torch.tensor([self._as_float(v) for v in raw], dtype=torch.float64)
         bad = ~torch.isfinite(values)
         self.failures += int(bad.sum())
         return values.masked_fill(bad, self.floor).float()
+
+    def submit(self, samples: Sequence[Any]) -> Callable[[], torch.Tensor]:
+        """Start scoring ``samples`` and return at once: the returned callable waits for the scores and gives
+        what ``__call__`` gives. A function that scores in worker processes (a ``submit(samples)`` method
+        returning such a callable, e.g. ViennaRNA's or RDKit's with ``processes`` > 1) then overlaps the
+        caller's work, e.g. the denoiser's next chunk; other functions score now. When the background
+        scoring fails, the samples are scored by ``__call__`` (one by one where needed)."""
+        samples = list(samples)
+        start, pending = getattr(self.fn, "submit", None), None
+        if start is not None:
+            try:
+                pending = start(samples)
+            except Exception as err:
+                log.warning("reward %s could not start scoring in the background (%s)", self.name, err)
+        if pending is None:
+            values = self(samples)
+            return lambda: values
+
+        def result() -> torch.Tensor:
+            try:
+                raw = list(pending())
+                if len(raw) != len(samples):
+                    raise ValueError(f"reward {self.name} returned {len(raw)} values for {len(samples)} samples")
+            except Exception as err:
+                log.warning("reward %s failed in the background on %d samples (%s); scoring them here",
+                            self.name, len(samples), err)
+                return self(samples)
+            self.calls += len(samples)
+            return self._values(raw)
+
+        return result
 
     def _score_one(self, sample: Any) -> float:
         try:
@@ -199,6 +233,12 @@ class ProxyGuided(RewardFunction):
     def score_states(self, model: Any, x0: Any) -> torch.Tensor | None:
         direct = getattr(self.reward, "score_states", None)
         return None if direct is None else direct(model, x0)
+
+    def __getattr__(self, name: str) -> Any:
+        """``submit`` (background scoring) and ``close`` come from the reward when it has them."""
+        if name in ("submit", "close") and "reward" in self.__dict__:
+            return getattr(self.reward, name)
+        raise AttributeError(name)
 
     def relaxed(self, x0: Any) -> torch.Tensor:
         """The proxy's value of relaxed clean states, differentiable in them (float32, autocast off)."""

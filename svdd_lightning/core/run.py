@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, fields
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
@@ -61,6 +61,10 @@ class Run:
         self.denoise_chunk = chunk_size or model.denoise_chunk_rows()
         self.stats = DecodeStats()
         self._direct_scoring = True  # until the reward declines to read the model's states
+        # a reward that scores in the background (``submit``: a per-sample function in worker processes, e.g.
+        # ViennaRNA, RDKit) is exact per sample, so its scores are kept for the whole call: a sample met again
+        # (an x0_hat repeated at a later step, a clean candidate that was an x0_hat) is not scored again
+        self.cache: dict | None = {} if callable(getattr(reward.fn, "submit", None)) else None
 
     def initial_state(self, generators: Sequence[torch.Generator]) -> State:
         """Prior states for k generators per sample (rows b*k .. b*k+k-1 are sample b's, e.g. Best-of-N's
@@ -70,20 +74,42 @@ class Run:
         k = len(generators) // len(self.conditions)
         return self.model.initial_state(generators, self.conditions.repeat_interleave(k))
 
-    def denoise(self, x: State, level: int, reuse: tuple[State, Prediction] | None = None) -> Prediction:
-        """``model.denoise`` in chunks; rows equal to ``reuse``'s state take its prediction."""
+    def denoise(self, x: State, level: int, reuse: tuple[State, Prediction] | None = None,
+                on_ready: Callable[[int, int, Prediction], None] | None = None) -> Prediction:
+        """``model.denoise`` in chunks; rows equal to ``reuse``'s state take its prediction.
+
+        ``on_ready(start, stop, prediction)`` is called, in order, whenever rows start..stop-1 are final,
+        with their prediction, so that a caller can start on them (e.g. score their x0_hat in the
+        background) while the next chunk is denoised; the chunks are the same with or without it.
+        """
+        n = batch_size(x)
         if reuse is not None and not self.model.denoiser_uses_level:
             prev_x, prev_pred = reuse
             fresh = ~_rows_equal(x, prev_x)
             if not bool(fresh.all()):
                 out = tree_map(torch.clone, prev_pred)
                 idx = fresh.nonzero().squeeze(1)
-                if idx.numel():
-                    new = self.denoise(index_rows(x, idx), level)
-                    tree_map(lambda o, n: o.index_copy_(0, idx.to(o.device), n), out, new)
+                self.stats.denoiser_calls += idx.numel()
+                chunk, done = self.denoise_chunk or max(idx.numel(), 1), 0
+                for i in range(0, idx.numel(), chunk):
+                    rows = idx[i: i + chunk]
+                    new = self.model.denoise(index_rows(x, rows), level)
+                    tree_map(lambda o, p: o.index_copy_(0, rows.to(o.device), p), out, new)
+                    if on_ready is not None:  # every row before the next fresh one is final
+                        stop = int(idx[i + chunk]) if i + chunk < idx.numel() else n
+                        on_ready(done, stop, slice_rows(out, done, stop))
+                        done = stop
+                if on_ready is not None and done < n:
+                    on_ready(done, n, slice_rows(out, done, n))
                 return out
-        self.stats.denoiser_calls += batch_size(x)
-        return map_chunked(lambda s: self.model.denoise(s, level), x, self.denoise_chunk)
+        self.stats.denoiser_calls += n
+        if on_ready is None:
+            return map_chunked(lambda s: self.model.denoise(s, level), x, self.denoise_chunk)
+        chunk, parts = self.denoise_chunk or n, []
+        for i in range(0, n, chunk):
+            parts.append(self.model.denoise(x if chunk >= n else slice_rows(x, i, min(i + chunk, n)), level))
+            on_ready(i, min(i + chunk, n), parts[-1])
+        return parts[0] if len(parts) == 1 else concat_rows(parts)
 
     def propose(self, x: State, prediction: Prediction, level: int, generators: list[torch.Generator],
                 num_candidates: int) -> State:
@@ -124,14 +150,26 @@ class Run:
             distinct = list(dict.fromkeys(samples))
         except TypeError:  # unhashable samples (tensors): score every one
             distinct = samples
+        cache = {} if self.cache is None or distinct is samples else self.cache
+        todo = [s for s in distinct if s not in cache] if cache else distinct
         failures_before = self.reward.failures
-        values = torch.cat([self.reward(distinct[i: i + step]) for i in range(0, len(distinct), step)])
-        self.stats.reward_calls += len(distinct)
+        parts = [self.reward(todo[i: i + step]) for i in range(0, len(todo), step)]
+        values = torch.cat(parts) if parts else torch.empty(0)
+        self.stats.reward_calls += len(todo)
         self.stats.reward_failures += self.reward.failures - failures_before
         if distinct is samples:
             return values
-        scores = dict(zip(distinct, values.tolist()))
-        return torch.tensor([scores[s] for s in samples], dtype=torch.float32)
+        cache.update(zip(todo, values.tolist()))
+        return torch.tensor([cache[s] for s in samples], dtype=torch.float32)
+
+    @property
+    def scores_in_background(self) -> bool:
+        """Whether the reward scores decoded samples in worker processes (see :meth:`score_stream`)."""
+        return self.cache is not None and not (self._direct_scoring and
+                                               callable(getattr(self.reward.fn, "score_states", None)))
+
+    def score_stream(self) -> "ScoreStream":
+        return ScoreStream(self)
 
     def _score_states(self, x0: State) -> torch.Tensor | None:
         """The reward's ``score_states`` on x0 in chunks (each distinct row of a token tensor once), or None."""
@@ -159,6 +197,43 @@ class Run:
         return values if inverse is None else values[inverse.to(values.device)]
 
 
+class ScoreStream:
+    """Rewards of clean states given chunk by chunk: each chunk is decoded and its new samples are handed to
+    the reward's worker processes at once (:meth:`Reward.submit`), so that scoring overlaps whatever the
+    caller does next; :meth:`result` waits and gives what :meth:`Run.score` gives on all the states."""
+
+    def __init__(self, run: Run) -> None:
+        self.run, self.samples, self.pending, self.submitted = run, [], [], {}
+        self.failures_before = run.reward.failures
+
+    def add(self, x0: State) -> None:
+        samples = self.run.decode(x0)
+        try:
+            new = [s for s in dict.fromkeys(samples) if s not in self.run.cache and s not in self.submitted]
+            self.submitted.update(dict.fromkeys(new))
+        except TypeError:  # unhashable samples: every one is scored
+            new = samples
+        if new:
+            self.pending.append((new, self.run.reward.submit(new)))
+        self.samples += samples
+
+    def result(self) -> torch.Tensor:
+        scores, count = self.run.cache, 0
+        values = []
+        for new, pending in self.pending:
+            got = pending()
+            count += len(new)
+            try:
+                scores.update(zip(new, got.tolist()))
+            except TypeError:
+                values.append(got)
+        self.run.stats.reward_calls += count
+        self.run.stats.reward_failures += self.run.reward.failures - self.failures_before
+        if values:  # unhashable samples, in order
+            return torch.cat(values)
+        return torch.tensor([scores[s] for s in self.samples], dtype=torch.float32)
+
+
 class Candidates:
     """States at one level whose denoiser output is computed once, on first use."""
 
@@ -179,6 +254,21 @@ class Candidates:
         if self._prediction is None:
             self._prediction = self.run.denoise(self.x, self.level, reuse=self._parent)
         return self._prediction
+
+    def x0_hat_rewards(self) -> torch.Tensor:
+        """r(x0_hat) of every row (:meth:`Run.score` of :meth:`x0_hat`). With a reward that scores in worker
+        processes and a prediction not made yet, each chunk's x0_hat goes to the workers as soon as the
+        denoiser has made it, while the denoiser goes on with the next chunk (the same values)."""
+        run = self.run
+        if self._prediction is not None or self.is_clean or not run.scores_in_background:
+            return run.score(self.x0_hat())
+        stream, model = run.score_stream(), run.model
+
+        def on_ready(start: int, stop: int, prediction: Prediction) -> None:
+            stream.add(model.x0_hat(slice_rows(self.x, start, stop), prediction, self.level))
+
+        self._prediction = run.denoise(self.x, self.level, reuse=self._parent, on_ready=on_ready)
+        return stream.result()
 
     def x0_hat(self, num_steps: int = 1) -> State:
         """The posterior mean E[x_0 | x_k], or with ``num_steps`` > 1 the end of that many deterministic

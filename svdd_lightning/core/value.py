@@ -41,6 +41,8 @@ class PosteriorMeanValue(Value):
         self.x0_steps = x0_steps
 
     def __call__(self, candidates: Candidates) -> torch.Tensor:
+        if self.x0_steps == 1:
+            return candidates.x0_hat_rewards()
         return candidates.run.score(candidates.x0_hat(self.x0_steps))
 
 

@@ -86,7 +86,12 @@ class Compressibility(RewardFunction):
         self.workers = ChunkedWorkers(processes, min_chunk=16, owner="Compressibility")
 
     def __call__(self, images: Images) -> list[float]:
-        return [-s for s in self.workers.map(partial(_jpeg_chunk, quality=self.quality), to_uint8(images))]
+        return self.submit(images)()
+
+    def submit(self, images: Images):
+        """Start encoding in the worker processes and return at once (see :meth:`ChunkedWorkers.submit`)."""
+        pending = self.workers.submit(partial(_jpeg_chunk, quality=self.quality), to_uint8(images))
+        return lambda: [-s for s in pending()]
 
     def close(self) -> None:
         """Stop the worker processes (a later call starts new ones)."""
