@@ -15,9 +15,15 @@ from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningCLI
 
 from ..paths import find
+from ..threads import ThreadSetting
 
 USER_ERRORS = (FileNotFoundError, ValueError, KeyError, TypeError, argparse.ArgumentError)
 PARSER_KWARGS = {"exit_on_error": False}
+
+
+def _trainer_defaults() -> dict:
+    """Callbacks every run gets (not configurable): torch threads per process from the available cores."""
+    return {"callbacks": [ThreadSetting()]}
 
 
 def _condense(message: str) -> str:
@@ -152,7 +158,8 @@ def main_train(args: list[str] | None = None) -> LightningCLI:
                      "fit": {**PARSER_KWARGS, "epilog": epilog}}
     return _one_line_errors(lambda: LightningCLI(
         L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True}, parser_kwargs=parser_kwargs, args=args))
+        save_config_kwargs={"overwrite": True}, parser_kwargs=parser_kwargs,
+        trainer_defaults=_trainer_defaults(), args=args))
 
 
 CKPT_PATH_MESSAGE = ("decode.py predict takes no --ckpt_path: name the pretrained model's checkpoint directory in "
@@ -197,7 +204,7 @@ def main_decode(args: list[str] | None = None) -> LightningCLI:
         "epilog": _decode_epilog()}}
     return _one_line_errors(lambda: DecodeCLI(DecodingModule, SampleIndexDataModule, auto_configure_optimizers=False,
                                               save_config_kwargs={"overwrite": True}, parser_kwargs=parser_kwargs,
-                                              args=args))
+                                              trainer_defaults=_trainer_defaults(), args=args))
 
 
 def train_command() -> None:
