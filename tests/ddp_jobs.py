@@ -10,6 +10,7 @@ weights (equal on both ranks when the gradients were all-reduced), and its decod
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -177,7 +178,8 @@ def main(out: Path) -> None:
 
     from svdd_lightning.lightning.decoding import SampleIndexDataModule
 
-    trainer_args = dict(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False,
+    accelerator = os.environ.get("SVDD_DDP_ACCELERATOR", "cpu")  # benchmarks/gpu.sh runs it on 2 GPUs
+    trainer_args = dict(accelerator=accelerator, devices=2, strategy="ddp", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     record: dict = {"fit": {}, "predict": {}}
     cases = training_cases()
