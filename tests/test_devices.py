@@ -122,7 +122,9 @@ def molecule_module() -> DecodingModule:
 
     gin = lambda: GraphGIN(len(ATOMS), hidden=8, num_layers=2, time_dim=8)  # noqa: E731
     reward = ProxyGuided(FunctionReward(smiles_length), gin())
-    decoders = {**methods(gin().eval()), "svdd_pm_x0_steps": SVDD(PosteriorMeanValue(x0_steps=2), 2)}
+    decoders = {name: decoder for name, decoder in methods(gin().eval(), m=2).items()
+                if name in ("pretrained", "svdd_mc", "smc", "dps")}
+    decoders["svdd_pm_x0_steps"] = SVDD(PosteriorMeanValue(x0_steps=2), 2)
     return DecodingModule(tiny_graph_diffusion().eval(), reward, decoders)
 
 
