@@ -107,3 +107,23 @@ def test_a_state_reading_reward_that_declines_falls_back_to_decoding():
     assert run.score(x0).tolist() == gc_count(model.decode(x0))
     run.score(x0)
     assert Declines.calls == 1  # asked once per call, then decoded
+
+
+def test_the_gdss_correctors_second_score_call_honours_chunk_size():
+    """GDSS's proposal evaluates the score networks again at each corrected candidate: with chunk_size set,
+    no network call sees more rows than that (the proposal runs on row chunks)."""
+    from ddp_jobs import tiny_graph_diffusion
+
+    model = tiny_graph_diffusion().eval()
+    sizes = []
+    for network in (model.x_network, model.adj_network):
+        network.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
+    with torch.no_grad():
+        result = SVDD(PosteriorMeanValue(), 3, chunk_size=4).sample(model, lambda s: [float(len(x)) for x in s],
+                                                                    [torch.Generator().manual_seed(i) for i in range(5)])
+    assert max(sizes) <= 4 and len(result.samples) == 5
+    sizes.clear()
+    with torch.no_grad():
+        SVDD(PosteriorMeanValue(), 3).sample(model, lambda s: [float(len(x)) for x in s],
+                                             [torch.Generator().manual_seed(i) for i in range(5)])
+    assert max(sizes) == 15  # without chunk_size, all B x M candidates at once
