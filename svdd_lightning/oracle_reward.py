@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from . import checkpoints
+from .core.precision import float32_scoring
 from .core.reward import RewardFunction
 from .sequences import tokenize
 
@@ -17,7 +19,9 @@ class OracleReward(RewardFunction):
     regressor's prediction, e.g. mean ribosome load); ``"sigmoid"`` its sigmoid (a classifier's
     probability). ``alphabet`` is the token order the network was trained on; T and U read alike.
     Sequences with other symbols score NaN (floored by :class:`Reward`). ``relaxed`` scores
-    one-hot probabilities (N, L, V) differentiably, for DPS.
+    one-hot probabilities (N, L, V) differentiably, for DPS. ``score_states`` reads a masked diffusion
+    model's token states on its device, without decoding them to strings (SVDD-PM's hot path).
+    Scores are computed in float32 (autocast off).
 
     Args:
         checkpoint: directory of the oracle network, written by ``train.py fit`` (``ExportBest``).
@@ -40,16 +44,33 @@ class OracleReward(RewardFunction):
         return outputs if self.output == "raw" else torch.sigmoid(outputs)
 
     def __call__(self, sequences: list[str]) -> list[float]:
-        tokens = tokenize(sequences, self.alphabet)
+        return self._score_tokens(tokenize(sequences, self.alphabet)).cpu().tolist()
+
+    def score_states(self, model: Any, x0: Any) -> torch.Tensor | None:
+        """Scores of clean token states of a model with an ``alphabet`` (a :class:`MaskedDiffusion`), on the
+        oracle's device: the model's tokens are mapped to the oracle's (T and U alike) and scored as
+        ``__call__`` scores their decoded strings; None for states of other models."""
+        alphabet = getattr(model, "alphabet", None)
+        mask_id = getattr(model, "mask_id", None)
+        if not isinstance(alphabet, str) or mask_id != len(alphabet) or not isinstance(x0, torch.Tensor) \
+                or x0.is_floating_point() or x0.dim() != 2:
+            return None
+        # the model's token ids -> this oracle's (-1: not in its alphabet); the mask decodes as "N"
+        table = tokenize([alphabet + "N"], self.alphabet)[0].to(x0.device)
+        return self._score_tokens(table[x0])
+
+    def _score_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Scores (N,) of oracle tokens (N, L), NaN for rows with a -1, on the oracle's device."""
+        device = next(self.network.parameters()).device
+        tokens = tokens.to(device)
         ok = (tokens >= 0).all(dim=1) & (tokens.shape[1] > 0)
-        scores = torch.full((len(sequences),), math.nan)
-        if ok.any():
-            tokens = tokens[ok]
-            device = next(self.network.parameters()).device
-            with torch.no_grad():
-                out = torch.cat([self.network(chunk.to(device)).float().cpu() for chunk in tokens.split(self.batch_size)])
+        scores = torch.full((tokens.shape[0],), math.nan, device=device)
+        if bool(ok.any()):
+            chosen = tokens[ok]
+            with torch.no_grad(), float32_scoring():
+                out = torch.cat([self.network(chunk).float() for chunk in chosen.split(self.batch_size)])
             scores[ok] = self._transform(out)
-        return scores.tolist()
+        return scores
 
     def to(self, device: torch.device | str) -> "OracleReward":
         """Move the oracle network (``DecodingModule`` does this for the run's device)."""
@@ -57,4 +78,5 @@ class OracleReward(RewardFunction):
         return self
 
     def relaxed(self, probs: torch.Tensor) -> torch.Tensor:
-        return self._transform(self.network(probs))
+        with float32_scoring():
+            return self._transform(self.network(probs.float()))

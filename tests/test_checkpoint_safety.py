@@ -18,7 +18,6 @@ from torch import nn
 
 import svdd_lightning
 from svdd_lightning import checkpoints
-from svdd_lightning.checkpoints import Configurable
 from svdd_lightning.diffusion import DilatedConvDenoiser, MaskedDiffusion
 from svdd_lightning.domains.molecules.gdss_checkpoint import convert_gdss_checkpoint
 from svdd_lightning.sample_files import sample_files_for

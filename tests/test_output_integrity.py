@@ -18,7 +18,6 @@ import yaml
 
 from svdd_lightning import BestOfN, PretrainedSampling, checkpoints
 from svdd_lightning.core.reward import Reward
-from svdd_lightning.core.run import Run
 from svdd_lightning.evaluation import ScoreMetric
 from svdd_lightning.lightning.cli import main_decode
 from svdd_lightning.lightning.decoding import DecodingModule, RewardFailure

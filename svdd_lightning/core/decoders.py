@@ -64,8 +64,8 @@ class Decoder(ABC):
             raise ValueError(f"{len(generators)} generators for {len(indices)} sample indices")
         run = Run(model, as_reward(reward), indices, self.chunk_size)
         x0 = self._decode(run, list(generators))
-        samples = model.decode(x0)
-        rewards = run.score(x0)
+        samples = run.decode(x0)  # once (a VAE's decoding is costly); the reward scores these samples
+        rewards = run.score(x0, samples).cpu()
         return DecodeResult(x0, samples, rewards, run.stats)
 
     @abstractmethod
@@ -118,7 +118,7 @@ class BestOfN(Decoder):
         children = spawn_generators(generators, self.n)
         x0 = ancestral(run, run.initial_state(children), children)
         rewards = run.score(x0).view(len(generators), self.n)
-        best = torch.arange(len(generators)) * self.n + rewards.argmax(dim=1)
+        best = torch.arange(len(generators), device=rewards.device) * self.n + rewards.argmax(dim=1)
         return index_rows(x0, best)
 
 
@@ -178,7 +178,7 @@ class SVDD(Decoder):
                 values = soft_value(self.value, candidates).view(-1, m)
                 # 3. selection: argmax, or softmax(v / alpha)
                 chosen = select_candidates(values, self.alpha, generators)
-            current = candidates.take(torch.arange(len(generators)) * m + chosen)
+            current = candidates.take(torch.arange(len(generators), device=chosen.device) * m + chosen)
         return current.x
 
 
@@ -235,11 +235,11 @@ class SMC(Decoder):
         model, n = run.model, len(generators)
         populations = [(run.conditions == c).nonzero().squeeze(1) for c in run.conditions.unique()]
         current = Candidates(run, run.initial_state(generators), 0)
-        path = self.value(current).double()  # v at the last resampling, or the path's max / sum
+        path = self.value(current).double().cpu()  # v at the last resampling, or the path's max / sum
         for level in range(model.num_steps):
             proposals = run.propose(current.x, current.prediction, level, generators, 1)
             current = Candidates(run, proposals, level + 1, parent=(current.x, current.prediction))
-            value = soft_value(self.value, current).double()
+            value = soft_value(self.value, current).double().cpu()  # the weights are host decisions
             if self.potential == "difference":
                 log_w = (value - path) / self.alpha
             else:

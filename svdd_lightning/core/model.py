@@ -68,6 +68,11 @@ class DiffusionModel(nn.Module, ABC):
     def decode(self, x0: State) -> list:
         """Clean states -> samples the reward understands (strings, images, molecules)."""
 
+    def denoise_chunk_rows(self) -> int | None:
+        """Rows per denoiser call when the decoder sets no ``chunk_size`` (None: the whole batch), e.g. a
+        chunk that fits a CPU's caches; may depend on the device the model is on."""
+        return None
+
     def time(self, level: int) -> float:
         """Diffusion time in [0, 1] of ``level`` (1 = noise, 0 = clean), for value networks."""
         return 1.0 - level / self.num_steps

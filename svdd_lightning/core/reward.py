@@ -7,7 +7,9 @@ from abc import ABC, abstractmethod
 from typing import Any, Callable, Sequence
 
 import torch
+from torch.utils._pytree import tree_flatten, tree_map
 
+from .precision import as_float32, float32_scoring
 from .state import batch_size
 
 log = logging.getLogger(__name__)
@@ -16,7 +18,14 @@ RewardFn = Callable[[Sequence[Any]], Sequence[float]]
 
 
 class RewardFunction(ABC):
-    """Base of rewards named in configs (``class_path``); in Python any batched callable works."""
+    """Base of rewards named in configs (``class_path``); in Python any batched callable works.
+
+    A reward may also define ``score_states(model, x0) -> Tensor | None``: the scores of clean states of
+    ``model`` read directly, on the model's device (e.g. an oracle network on the model's own tokens, an
+    image reward on the model's decoded image batch), skipping the decoding to samples in the hot path
+    of SVDD-PM; None when it cannot read that model's states. It must give what ``__call__`` gives on
+    ``model.decode(x0)`` (NaN for a sample it cannot score).
+    """
 
     name: str = "reward"
     #: what the values measure, shown beside the name on plots (e.g. "kcal/mol")
@@ -71,25 +80,77 @@ class Reward:
         samples = list(samples)
         self.calls += len(samples)
         try:
-            raw = list(self.fn(samples))
+            with float32_scoring():
+                raw = list(self.fn(samples))
             if len(raw) != len(samples):
                 raise ValueError(f"reward {self.name} returned {len(raw)} values for {len(samples)} samples")
         except Exception as err:  # isolate the failing samples
             log.warning("reward %s failed on a batch of %d (%s); scoring one by one", self.name, len(samples), err)
             self.last_error = f"{type(err).__name__}: {err}"
             raw = [self._score_one(s) for s in samples]
+        return self._values(raw)
+
+    def _values(self, raw: Sequence[Any]) -> torch.Tensor:
         values = torch.tensor([self._as_float(v) for v in raw], dtype=torch.float64)
         bad = ~torch.isfinite(values)
         self.failures += int(bad.sum())
         return values.masked_fill(bad, self.floor).float()
 
+    def submit(self, samples: Sequence[Any]) -> Callable[[], torch.Tensor]:
+        """Start scoring ``samples`` and return at once: the returned callable waits for the scores and gives
+        what ``__call__`` gives. A function that scores in worker processes (a ``submit(samples)`` method
+        returning such a callable, e.g. ViennaRNA's or RDKit's with ``processes`` > 1) then overlaps the
+        caller's work, e.g. the denoiser's next chunk; other functions score now. When the background
+        scoring fails, the samples are scored by ``__call__`` (one by one where needed)."""
+        samples = list(samples)
+        start, pending = getattr(self.fn, "submit", None), None
+        if start is not None:
+            try:
+                pending = start(samples)
+            except Exception as err:
+                log.warning("reward %s could not start scoring in the background (%s)", self.name, err)
+        if pending is None:
+            values = self(samples)
+            return lambda: values
+
+        def result() -> torch.Tensor:
+            try:
+                raw = list(pending())
+                if len(raw) != len(samples):
+                    raise ValueError(f"reward {self.name} returned {len(raw)} values for {len(samples)} samples")
+            except Exception as err:
+                log.warning("reward %s failed in the background on %d samples (%s); scoring them here",
+                            self.name, len(samples), err)
+                return self(samples)
+            self.calls += len(samples)
+            return self._values(raw)
+
+        return result
+
     def _score_one(self, sample: Any) -> float:
         try:
-            return self.fn([sample])[0]
+            with float32_scoring():
+                return self.fn([sample])[0]
         except Exception as err:
             self.errors += 1
             self.last_error = f"{type(err).__name__}: {err}"
             return math.nan
+
+    def score_states(self, model: Any, x0: Any) -> torch.Tensor | None:
+        """The function's ``score_states`` fast path (see :class:`RewardFunction`), floored and counted
+        like ``__call__``, on the device it scored on; None when the function has none or declines."""
+        direct = getattr(self.fn, "score_states", None)
+        if direct is None:
+            return None
+        with float32_scoring():
+            values = direct(model, x0)
+        if values is None:
+            return None
+        values = values.float()
+        bad = ~torch.isfinite(values)
+        self.calls += len(values)
+        self.failures += int(bad.sum())
+        return values.masked_fill(bad, self.floor)
 
     @staticmethod
     def _as_float(v: Any) -> float:
@@ -134,6 +195,24 @@ class WeightedSum(RewardFunction):
                                                       dtype=torch.float64)
         return total.tolist()
 
+    def score_states(self, model: Any, x0: Any) -> torch.Tensor | None:
+        """The weighted sum of the terms' direct scores, when every term has them (else None)."""
+        total = None
+        for key, fn in self.rewards.items():
+            direct = getattr(fn, "score_states", None)
+            values = None if direct is None else direct(model, x0)
+            if values is None:
+                return None
+            total = self.weights[key] * values.double() + (0 if total is None else total)
+        return total
+
+    def to(self, device: Any) -> "WeightedSum":
+        """Move every term that holds networks (``DecodingModule`` does this for the run's device)."""
+        for fn in self.rewards.values():
+            if callable(getattr(fn, "to", None)):
+                fn.to(device)
+        return self
+
 
 class ProxyGuided(RewardFunction):
     """A reward paired with a differentiable proxy network, for gradient guidance (DPS).
@@ -160,12 +239,27 @@ class ProxyGuided(RewardFunction):
     def __call__(self, samples: Sequence[Any]) -> Sequence[float]:
         return self.reward(samples)
 
+    def score_states(self, model: Any, x0: Any) -> torch.Tensor | None:
+        direct = getattr(self.reward, "score_states", None)
+        return None if direct is None else direct(model, x0)
+
+    def __getattr__(self, name: str) -> Any:
+        """``submit`` (background scoring) and ``close`` come from the reward when it has them."""
+        if name in ("submit", "close") and "reward" in self.__dict__:
+            return getattr(self.reward, name)
+        raise AttributeError(name)
+
     def relaxed(self, x0: Any) -> torch.Tensor:
-        """The proxy's value of relaxed clean states, differentiable in them."""
-        return self.proxy(x0, torch.full((batch_size(x0),), self.time))
+        """The proxy's value of relaxed clean states, differentiable in them (float32, autocast off)."""
+        device = tree_flatten(x0)[0][0].device
+        with float32_scoring():
+            return self.proxy(tree_map(as_float32, x0), torch.full((batch_size(x0),), self.time, device=device))
 
     def to(self, device: Any) -> "ProxyGuided":
+        """Move the proxy, and the reward when it holds networks."""
         self.proxy.to(device)
+        if callable(getattr(self.reward, "to", None)):
+            self.reward.to(device)
         return self
 
 

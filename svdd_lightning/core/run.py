@@ -1,6 +1,7 @@
 """One decoding call's frozen model, reward and compute counters, and lazily evaluated candidates."""
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, fields
@@ -11,7 +12,9 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from .model import DiffusionModel, Prediction
 from .reward import Reward
-from .state import State, batch_size, index_rows, map_chunked, slice_rows
+from .state import State, batch_size, concat_rows, distinct_rows, index_rows, map_chunked, slice_rows, state_device
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,7 +61,12 @@ def _rows_equal(a: State, b: State) -> torch.Tensor:
 
 class Run:
     """One decoding call of samples ``indices``: counts every denoiser and reward evaluation and bounds
-    memory. ``conditions[b]`` is sample b's condition id (``index % model.num_conditions``)."""
+    memory. ``conditions[b]`` is sample b's condition id (``index % model.num_conditions``).
+
+    ``chunk_size`` bounds the rows of every network call (denoiser, value, reward); without it the
+    denoiser runs in the model's preferred chunks for its device (:meth:`DiffusionModel.denoise_chunk_rows`)
+    and everything else on the whole batch.
+    """
 
     def __init__(self, model: DiffusionModel, reward: Reward, indices: Sequence[int],
                  chunk_size: int | None = None) -> None:
@@ -68,7 +76,13 @@ class Run:
         self.reward = reward
         self.conditions = torch.as_tensor(list(indices), dtype=torch.long) % model.num_conditions
         self.chunk_size = chunk_size
+        self.denoise_chunk = chunk_size or model.denoise_chunk_rows()
         self.stats = DecodeStats()
+        self._direct_scoring = True  # until the reward declines to read the model's states
+        # a reward that scores in the background (``submit``: a per-sample function in worker processes, e.g.
+        # ViennaRNA, RDKit) is exact per sample, so its scores are kept for the whole call: a sample met again
+        # (an x0_hat repeated at a later step, a clean candidate that was an x0_hat) is not scored again
+        self.cache: dict | None = {} if callable(getattr(reward.fn, "submit", None)) else None
 
     def initial_state(self, generators: Sequence[torch.Generator]) -> State:
         """Prior states for k generators per sample (rows b*k .. b*k+k-1 are sample b's, e.g. Best-of-N's
@@ -78,52 +92,170 @@ class Run:
         k = len(generators) // len(self.conditions)
         return self.model.initial_state(generators, self.conditions.repeat_interleave(k))
 
-    def denoise(self, x: State, level: int, reuse: tuple[State, Prediction] | None = None) -> Prediction:
-        """``model.denoise`` in chunks; rows equal to ``reuse``'s state take its prediction."""
+    def denoise(self, x: State, level: int, reuse: tuple[State, Prediction] | None = None,
+                on_ready: Callable[[int, int, Prediction], None] | None = None) -> Prediction:
+        """``model.denoise`` in chunks; rows equal to ``reuse``'s state take its prediction.
+
+        ``on_ready(start, stop, prediction)`` is called, in order, whenever rows start..stop-1 are final,
+        with their prediction, so that a caller can start on them (e.g. score their x0_hat in the
+        background) while the next chunk is denoised; the chunks are the same with or without it.
+        """
+        n = batch_size(x)
         if reuse is not None and not self.model.denoiser_uses_level:
             prev_x, prev_pred = reuse
             fresh = ~_rows_equal(x, prev_x)
             if not bool(fresh.all()):
                 out = tree_map(torch.clone, prev_pred)
                 idx = fresh.nonzero().squeeze(1)
-                if idx.numel():
-                    new = self.denoise(index_rows(x, idx), level)
-                    tree_map(lambda o, n: o.index_copy_(0, idx.to(o.device), n), out, new)
+                self.stats.denoiser_calls += idx.numel()
+                chunk, done = self.denoise_chunk or max(idx.numel(), 1), 0
+                for i in range(0, idx.numel(), chunk):
+                    rows = idx[i: i + chunk]
+                    new = self.model.denoise(index_rows(x, rows), level)
+                    tree_map(lambda o, p: o.index_copy_(0, rows.to(o.device), p), out, new)
+                    if on_ready is not None:  # every row before the next fresh one is final
+                        stop = int(idx[i + chunk]) if i + chunk < idx.numel() else n
+                        on_ready(done, stop, slice_rows(out, done, stop))
+                        done = stop
+                if on_ready is not None and done < n:
+                    on_ready(done, n, slice_rows(out, done, n))
                 return out
-        self.stats.denoiser_calls += batch_size(x)
-        return map_chunked(lambda s: self.model.denoise(s, level), x, self.chunk_size)
+        self.stats.denoiser_calls += n
+        if on_ready is None:
+            return map_chunked(lambda s: self.model.denoise(s, level), x, self.denoise_chunk)
+        chunk, parts = self.denoise_chunk or n, []
+        for i in range(0, n, chunk):
+            parts.append(self.model.denoise(x if chunk >= n else slice_rows(x, i, min(i + chunk, n)), level))
+            on_ready(i, min(i + chunk, n), parts[-1])
+        return parts[0] if len(parts) == 1 else concat_rows(parts)
 
     def propose(self, x: State, prediction: Prediction, level: int, generators: list[torch.Generator],
                 num_candidates: int) -> State:
         """``model.propose``, counting the denoiser calls a proposal makes itself (e.g. a
-        predictor-corrector sampler's second score evaluation)."""
+        predictor-corrector sampler's second score evaluation). Such a proposal runs on row chunks whose
+        ``num_candidates`` proposals fit in the denoiser's chunk (row b's proposals depend on row b and
+        ``generators[b]`` alone, so chunking changes nothing else)."""
         self.stats.denoiser_calls += batch_size(x) * num_candidates * self.model.proposal_denoiser_calls
-        proposals = self.model.propose(x, prediction, level, generators, num_candidates)
+        n = batch_size(x)
+        rows = max(1, self.denoise_chunk // num_candidates) if self.denoise_chunk else n
+        if not self.model.proposal_denoiser_calls or n <= rows:
+            proposals = self.model.propose(x, prediction, level, generators, num_candidates)
+        else:
+            proposals = concat_rows([self.model.propose(slice_rows(x, i, min(i + rows, n)),
+                                                        slice_rows(prediction, i, min(i + rows, n)), level,
+                                                        generators[i: i + rows], num_candidates)
+                                     for i in range(0, n, rows)])
         observer = _step_observer.get()
         if observer is not None:
             observer(level + 1, self.model.num_steps)
         return proposals
 
-    def score(self, x0: State) -> torch.Tensor:
-        """Reward of clean states (decoded first), floored where the reward fails.
-
-        Identical decoded samples in one call (hashable ones: strings, SMILES) are scored once:
-        SVDD's candidates often share their x0_hat, e.g. every candidate that unmasked nothing.
-        """
+    def decode(self, x0: State) -> list:
+        """``model.decode`` in chunks of ``chunk_size`` rows."""
         n, step = batch_size(x0), self.chunk_size or batch_size(x0)
-        samples = [s for i in range(0, n, step) for s in self.model.decode(slice_rows(x0, i, min(i + step, n)))]
+        return [s for i in range(0, n, step) for s in self.model.decode(slice_rows(x0, i, min(i + step, n)))]
+
+    def score(self, x0: State, samples: list | None = None) -> torch.Tensor:
+        """Reward of clean states, floored where the reward fails (``samples``: their decoding, if made).
+
+        A reward with ``score_states`` reads the states on the model's device (no decoding; distinct
+        token rows once each, in the order the decoded path would score them, so the scores are the same);
+        otherwise the states are decoded and identical decoded samples in one call (hashable ones: strings,
+        SMILES) are scored once: SVDD's candidates often share their x0_hat, e.g. every candidate that
+        unmasked nothing. The scores are on the CPU, or on the device that scored them.
+        """
+        if samples is None:
+            direct = self._score_states(x0)
+            if direct is not None:
+                return direct
+            samples = self.decode(x0)
+        step = self.chunk_size or len(samples)
         try:
             distinct = list(dict.fromkeys(samples))
         except TypeError:  # unhashable samples (tensors): score every one
             distinct = samples
+        cache = {} if self.cache is None or distinct is samples else self.cache
+        todo = [s for s in distinct if s not in cache] if cache else distinct
         failures_before = self.reward.failures
-        values = torch.cat([self.reward(distinct[i: i + step]) for i in range(0, len(distinct), step)])
-        self.stats.reward_calls += len(distinct)
+        parts = [self.reward(todo[i: i + step]) for i in range(0, len(todo), step)]
+        values = torch.cat(parts) if parts else torch.empty(0)
+        self.stats.reward_calls += len(todo)
         self.stats.reward_failures += self.reward.failures - failures_before
         if distinct is samples:
             return values
-        scores = dict(zip(distinct, values.tolist()))
-        return torch.tensor([scores[s] for s in samples], dtype=torch.float32)
+        cache.update(zip(todo, values.tolist()))
+        return torch.tensor([cache[s] for s in samples], dtype=torch.float32)
+
+    @property
+    def scores_in_background(self) -> bool:
+        """Whether the reward scores decoded samples in worker processes (see :meth:`score_stream`)."""
+        return self.cache is not None and not (self._direct_scoring and
+                                               callable(getattr(self.reward.fn, "score_states", None)))
+
+    def score_stream(self) -> "ScoreStream":
+        return ScoreStream(self)
+
+    def _score_states(self, x0: State) -> torch.Tensor | None:
+        """The reward's ``score_states`` on x0 in chunks (each distinct row of a token tensor once), or None."""
+        if not self._direct_scoring or not callable(getattr(self.reward.fn, "score_states", None)):
+            return None
+        tokens = isinstance(x0, torch.Tensor) and not x0.is_floating_point()
+        first, inverse = distinct_rows(x0) if tokens else (None, None)
+        rows = x0[first] if tokens else x0
+        n, step = batch_size(rows), self.chunk_size or batch_size(rows)
+        failures_before, parts = self.reward.failures, []
+        try:
+            for i in range(0, n, step):
+                values = self.reward.score_states(self.model, slice_rows(rows, i, min(i + step, n)))
+                if values is None:  # the reward cannot read this model's states: decode them from now on
+                    self._direct_scoring = False
+                    return None
+                parts.append(values)
+        except Exception as err:  # the decoded path isolates failing samples
+            log.warning("reward %s failed to score states directly (%s); decoding them instead", self.reward.name, err)
+            self._direct_scoring = False
+            return None
+        self.stats.reward_calls += n
+        self.stats.reward_failures += self.reward.failures - failures_before
+        values = torch.cat(parts)
+        return values if inverse is None else values[inverse.to(values.device)]
+
+
+class ScoreStream:
+    """Rewards of clean states given chunk by chunk: each chunk is decoded and its new samples are handed to
+    the reward's worker processes at once (:meth:`Reward.submit`), so that scoring overlaps whatever the
+    caller does next; :meth:`result` waits and gives what :meth:`Run.score` gives on all the states."""
+
+    def __init__(self, run: Run) -> None:
+        self.run, self.samples, self.pending, self.submitted = run, [], [], {}
+        self.failures_before = run.reward.failures
+
+    def add(self, x0: State) -> None:
+        samples = self.run.decode(x0)
+        try:
+            new = [s for s in dict.fromkeys(samples) if s not in self.run.cache and s not in self.submitted]
+            self.submitted.update(dict.fromkeys(new))
+        except TypeError:  # unhashable samples: every one is scored
+            new = samples
+        if new:
+            self.pending.append((new, self.run.reward.submit(new)))
+        self.samples += samples
+
+    def result(self) -> torch.Tensor:
+        scores, count = self.run.cache, 0
+        values = []
+        for new, pending in self.pending:
+            got = pending()
+            count += len(new)
+            try:
+                scores.update(zip(new, got.tolist()))
+            except TypeError:
+                values.append(got)
+        self.run.stats.reward_calls += count
+        self.run.stats.reward_failures += self.run.reward.failures - self.failures_before
+        if values:  # unhashable samples, in order
+            return torch.cat(values)
+        return torch.tensor([scores[s] for s in self.samples], dtype=torch.float32)
 
 
 class Candidates:
@@ -147,6 +279,21 @@ class Candidates:
             self._prediction = self.run.denoise(self.x, self.level, reuse=self._parent)
         return self._prediction
 
+    def x0_hat_rewards(self) -> torch.Tensor:
+        """r(x0_hat) of every row (:meth:`Run.score` of :meth:`x0_hat`). With a reward that scores in worker
+        processes and a prediction not made yet, each chunk's x0_hat goes to the workers as soon as the
+        denoiser has made it, while the denoiser goes on with the next chunk (the same values)."""
+        run = self.run
+        if self._prediction is not None or self.is_clean or not run.scores_in_background:
+            return run.score(self.x0_hat())
+        stream, model = run.score_stream(), run.model
+
+        def on_ready(start: int, stop: int, prediction: Prediction) -> None:
+            stream.add(model.x0_hat(slice_rows(self.x, start, stop), prediction, self.level))
+
+        self._prediction = run.denoise(self.x, self.level, reuse=self._parent, on_ready=on_ready)
+        return stream.result()
+
     def x0_hat(self, num_steps: int = 1) -> State:
         """The posterior mean E[x_0 | x_k], or with ``num_steps`` > 1 the end of that many deterministic
         denoising steps (each step after the first is one denoiser call per row, counted)."""
@@ -160,7 +307,8 @@ class Candidates:
                            (self.x, self.prediction), self.run.chunk_size)
 
     def time(self) -> torch.Tensor:
-        return torch.full((batch_size(self.x),), self.run.model.time(self.level))
+        """Each row's diffusion time, on the state's device."""
+        return torch.full((batch_size(self.x),), self.run.model.time(self.level), device=state_device(self.x))
 
     def take(self, index: torch.Tensor) -> "Candidates":
         """The chosen rows, keeping their prediction if it was already computed."""

@@ -20,6 +20,24 @@ def batch_size(state: State) -> int:
     return leaves[0].shape[0]
 
 
+def state_device(state: State) -> torch.device:
+    """The device of a state's (first) tensor."""
+    return tree_flatten(state)[0][0].device
+
+
+def distinct_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(first, inverse)``: the index of each distinct row's first occurrence, in order of first
+    occurrence, and for every row the position of its row in ``first`` (``x[first][inverse]`` is ``x``)."""
+    flat = x.reshape(x.shape[0], -1)
+    unique, inverse = torch.unique(flat, dim=0, return_inverse=True)  # sorted rows
+    n, arange = flat.shape[0], torch.arange(flat.shape[0], device=x.device)
+    first = torch.full((unique.shape[0],), n, dtype=torch.long, device=x.device).scatter_reduce_(0, inverse, arange, "amin")
+    order = first.argsort()
+    position = torch.empty_like(order)
+    position[order] = torch.arange(order.shape[0], device=x.device)
+    return first[order], position[inverse]
+
+
 def index_rows(state: State, index: torch.Tensor) -> State:
     """Rows ``index`` of every tensor in ``state``."""
     return tree_map(lambda t: t[index.to(t.device)], state)

@@ -7,15 +7,20 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from .precision import as_float32, float32_scoring
 from .run import Candidates
 from .state import batch_size, map_chunked
 
 
 class Value(ABC):
-    """Scores candidates at one level; returns one float per row."""
+    """Scores candidates at one level; returns one float per row (on any device)."""
 
     @abstractmethod
     def __call__(self, candidates: Candidates) -> torch.Tensor: ...
+
+    def to(self, device: torch.device | str) -> "Value":
+        """Move the networks the value holds (``DecodingModule`` calls it for the run's device)."""
+        return self
 
 
 class PosteriorMeanValue(Value):
@@ -36,6 +41,8 @@ class PosteriorMeanValue(Value):
         self.x0_steps = x0_steps
 
     def __call__(self, candidates: Candidates) -> torch.Tensor:
+        if self.x0_steps == 1:
+            return candidates.x0_hat_rewards()
         return candidates.run.score(candidates.x0_hat(self.x0_steps))
 
 
@@ -58,10 +65,16 @@ class NetworkValue(Value):
         self.network = network.eval().requires_grad_(False)
 
     def __call__(self, candidates: Candidates) -> torch.Tensor:
+        """Values on the network's device, in float32 (autocast off: bf16 would tie nearby values)."""
         run = candidates.run
         t = candidates.time()
         run.stats.value_calls += batch_size(candidates.x)
         device = next(self.network.parameters()).device
-        out = map_chunked(lambda rows: self.network(*tree_map(lambda v: v.to(device), rows)), (candidates.x, t),
-                          run.chunk_size)
-        return out.float().reshape(-1).cpu()
+        with float32_scoring():
+            out = map_chunked(lambda rows: self.network(*tree_map(lambda v: as_float32(v.to(device)), rows)),
+                              (candidates.x, t), run.chunk_size)
+        return out.float().reshape(-1)
+
+    def to(self, device: torch.device | str) -> "NetworkValue":
+        self.network.to(device)
+        return self

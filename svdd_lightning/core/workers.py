@@ -22,14 +22,21 @@ class ChunkedWorkers:
         self._pool: ProcessPoolExecutor | None = None
 
     def map(self, fn: Callable[[list], list], items: Sequence[Any]) -> list:
+        return self.submit(fn, items)()
+
+    def submit(self, fn: Callable[[list], list], items: Sequence[Any]) -> Callable[[], list]:
+        """Like :meth:`map`, but returns at once: calling the result waits for the values. In the workers the
+        chunks run while the caller goes on (e.g. denoises the next candidates); in this process (one
+        process, or a short list) the values are computed before returning."""
         items = list(items)
         if self.processes == 1 or len(items) < 2 * self.min_chunk:
-            return list(fn(items))
+            values = list(fn(items))
+            return lambda: values
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
         size = max(self.min_chunk, math.ceil(len(items) / (4 * self.processes)))
-        chunks = [items[i: i + size] for i in range(0, len(items), size)]
-        return [value for part in self._pool.map(fn, chunks) for value in part]
+        futures = [self._pool.submit(fn, items[i: i + size]) for i in range(0, len(items), size)]
+        return lambda: [value for future in futures for value in future.result()]
 
     def close(self) -> None:
         """Stop the worker processes (a later call starts new ones)."""

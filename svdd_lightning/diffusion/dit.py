@@ -20,14 +20,14 @@ FREQUENCY_EMBEDDING_SIZE = 256  # width of the sinusoidal features of sigma (MDL
 
 
 class ScaleOnlyLayerNorm(nn.Module):
-    """Layer norm with a learned gain and no bias, computed in float32."""
+    """Layer norm with a learned gain and no bias, computed in float32 and returned in the input's dtype."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x.float(), (self.weight.shape[0],)) * self.weight
+        return (F.layer_norm(x.float(), (self.weight.shape[0],)) * self.weight).to(x.dtype)
 
 
 def _shift_scale(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -66,7 +66,8 @@ class SigmaEmbedding(nn.Module):
         return feats
 
     def forward(self, sigma: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.features(sigma))
+        """The features are made in float32 and given to the MLP in its dtype (bf16 under bf16-true)."""
+        return self.mlp(self.features(sigma).to(self.mlp[0].weight.dtype))
 
 
 class RotaryTable(nn.Module):
@@ -77,8 +78,9 @@ class RotaryTable(nn.Module):
         self.register_buffer("inv_freq", 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim))
 
     def forward(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin tables of shape (L, head_dim), the half-width angles repeated twice."""
-        angles = torch.outer(torch.arange(seq_len, device=device, dtype=self.inv_freq.dtype), self.inv_freq)
+        """cos and sin tables of shape (L, head_dim), the half-width angles repeated twice (float32 angles,
+        also when the model's weights are bf16: positions beyond 256 are not exact in bf16)."""
+        angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), self.inv_freq.float())
         angles = torch.cat([angles, angles], dim=-1)
         return angles.cos(), angles.sin()
 
@@ -165,7 +167,7 @@ class MDLMTransformer(Configurable, nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         h = self.vocab_embed(x)
         c = F.silu(self.sigma_map(sigma.reshape(-1)))
-        rotary = self.rotary_emb(h.shape[1], h.device)
+        rotary = tuple(table.to(h.dtype) for table in self.rotary_emb(h.shape[1], h.device))
         for block in self.blocks:
             h = block(h, rotary, c)
         return self.output_layer(h, c)

@@ -21,11 +21,17 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from .. import checkpoints
 from ..paths import find
+from ..threads import ThreadSetting
 from .folders import ReportedByRankZero
 
 USER_ERRORS = (FileNotFoundError, ValueError, KeyError, TypeError, argparse.ArgumentError, MisconfigurationException,
                pickle.UnpicklingError)
 PARSER_KWARGS = {"exit_on_error": False}
+
+
+def _trainer_defaults() -> dict:
+    """Callbacks every run gets (not configurable): torch threads per process from the available cores."""
+    return {"callbacks": [ThreadSetting()]}
 
 
 def _condense(message: str) -> str:
@@ -231,7 +237,8 @@ def main_train(args: list[str] | None = None) -> LightningCLI:
                      "fit": {**PARSER_KWARGS, "epilog": epilog}}
     return _one_line_errors(lambda: TrainCLI(
         L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True}, parser_kwargs=parser_kwargs, args=args))
+        save_config_kwargs={"overwrite": True}, parser_kwargs=parser_kwargs,
+        trainer_defaults=_trainer_defaults(), args=args))
 
 
 CKPT_PATH_MESSAGE = ("decode.py predict takes no --ckpt_path: name the pretrained model's checkpoint directory in "
@@ -294,7 +301,7 @@ def main_decode(args: list[str] | None = None) -> LightningCLI:
     return _one_line_errors(lambda: DecodeCLI(DecodingModule, SampleIndexDataModule, auto_configure_optimizers=False,
                                               save_config_callback=SaveDecodeConfig,
                                               save_config_kwargs={"overwrite": True}, parser_kwargs=parser_kwargs,
-                                              args=args))
+                                              trainer_defaults=_trainer_defaults(), args=args))
 
 
 def train_command() -> None:

@@ -21,7 +21,6 @@ from ..core.decoders import Decoder
 from ..core.model import DiffusionModel
 from ..core.reward import Reward, RewardFunction
 from ..core.run import observe_steps
-from ..core.value import NetworkValue
 from ..evaluation import SampleMetric, ScoreMetric
 from ..sequences import tokenize
 from ..seeds import sample_seed  # noqa: F401  (re-exported: it used to live here)
@@ -105,8 +104,8 @@ class DecodingModule(L.LightningModule):
                 scorer.fn.to(self.device)
         for decoder in self.methods.values():
             value = getattr(decoder, "value", None)
-            if isinstance(value, NetworkValue):
-                value.network.to(self.device)
+            if callable(getattr(value, "to", None)):  # e.g. NetworkValue's network
+                value.to(self.device)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, list]:
         indices = [i for i, spare in zip(batch["index"].tolist(), batch["spare"].tolist()) if not spare]

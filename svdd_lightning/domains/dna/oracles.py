@@ -62,7 +62,7 @@ class EnformerStyleClassifier(Configurable, nn.Module):
         if self.time_mlp is not None:
             if t is None:
                 raise ValueError("this network is time-conditioned: call it as network(x, t)")
-            h = h + self.time_mlp(time_features(t, h.shape[2])).unsqueeze(1)
+            h = h + self.time_mlp(time_features(t.to(h.device), h.shape[2])).unsqueeze(1)
         h = self.transformer(h + self.positions[:, : h.shape[1]])
         return self.head(h.mean(dim=1)).squeeze(-1)
 

@@ -150,9 +150,14 @@ class DiffusersChain(DiffusionModel):
         return {**x, self.state_key: self._step(prediction, level, x[self.state_key]).pred_original_sample}
 
     def decode(self, x0: ImageState) -> list[torch.Tensor]:
-        """Images as float32 CPU tensors (C, H, W) in [0, 1]."""
+        """Images as float32 CPU tensors (C, H, W) in [0, 1] (moved to the host in the decoder's precision)."""
         with torch.no_grad():
-            return list(self._images(x0[self.state_key]).float().cpu())
+            return list(self.images(x0).cpu().float())
+
+    def images(self, x0: ImageState) -> torch.Tensor:
+        """Clean states -> an image batch (B, C, H, W) in [0, 1] on the model's device, in the decoder's
+        dtype (differentiable); image rewards read it directly (``score_states``), without the host."""
+        return self._images(x0[self.state_key])
 
     def sample_files(self):
         """A decoding run writes this model's samples as PNGs and a grid per method."""

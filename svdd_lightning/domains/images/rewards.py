@@ -26,6 +26,7 @@ from PIL import Image
 from torch import nn
 
 from ... import checkpoints
+from ...core.precision import float32_scoring
 from ...core.reward import RewardFunction
 from ...core.workers import ChunkedWorkers
 from ...extras import require
@@ -86,7 +87,12 @@ class Compressibility(RewardFunction):
         self.workers = ChunkedWorkers(processes, min_chunk=16, owner="Compressibility")
 
     def __call__(self, images: Images) -> list[float]:
-        return [-s for s in self.workers.map(partial(_jpeg_chunk, quality=self.quality), to_uint8(images))]
+        return self.submit(images)()
+
+    def submit(self, images: Images):
+        """Start encoding in the worker processes and return at once (see :meth:`ChunkedWorkers.submit`)."""
+        pending = self.workers.submit(partial(_jpeg_chunk, quality=self.quality), to_uint8(images))
+        return lambda: [-s for s in pending()]
 
     def close(self) -> None:
         """Stop the worker processes (a later call starts new ones)."""
@@ -113,10 +119,20 @@ class NetworkImageReward(RewardFunction):
     def __call__(self, images: Images) -> list[float]:
         """Scores in float32, also inside a mixed-precision run (autocast is turned off: bf16 rounding
         would tie the candidates SVDD compares)."""
-        batch = as_batch(images)
-        device = self._device()
-        with torch.no_grad(), torch.autocast(device.type, enabled=False):
-            return torch.cat([self.relaxed(chunk).float().cpu() for chunk in batch.split(self.batch_size)]).tolist()
+        return self._score(as_batch(images)).cpu().tolist()
+
+    def score_states(self, model, x0) -> torch.Tensor | None:
+        """Scores of a model's clean states through its ``images`` (e.g. Stable Diffusion's VAE decoding),
+        on the device: the images never go to the host. None for a model without ``images``."""
+        images = getattr(model, "images", None)
+        if not callable(images):
+            return None
+        with torch.no_grad():
+            return self._score(images(x0))
+
+    def _score(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), float32_scoring():
+            return torch.cat([self.relaxed(chunk).float() for chunk in batch.split(self.batch_size)])
 
     def to(self, device: torch.device | str) -> "NetworkImageReward":
         for network in self.networks():

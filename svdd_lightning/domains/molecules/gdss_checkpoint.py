@@ -125,9 +125,10 @@ def _load_weights(network: nn.Module, state: Any, role: str, path: Path) -> None
 
 
 def _apply_ema(network: nn.Module, ema: Any, role: str, path: Path) -> None:
-    """Copy GDSS's EMA shadow list into the trainable parameters, in ``parameters()`` order."""
+    """Copy GDSS's EMA shadow list into the parameters, in ``parameters()`` order (GDSS trains every
+    parameter, so its list covers them all, the ones our networks freeze as unused included)."""
     shadow = ema.get("shadow_params") if isinstance(ema, Mapping) else None
-    params = [p for p in network.parameters() if p.requires_grad]
+    params = list(network.parameters())
     if not isinstance(shadow, list | tuple) or len(shadow) != len(params):
         count = len(shadow) if isinstance(shadow, list | tuple) else 0
         raise ValueError(f"GDSS checkpoint {path}: ema_{role} holds {count} shadow params, the network has "

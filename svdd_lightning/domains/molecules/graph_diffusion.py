@@ -102,7 +102,7 @@ class GraphDiffusion(Configurable, DiffusionModel):
         return 1.0 - level * (1.0 - self.eps) / max(self.num_steps - 1, 1)
 
     def _times(self, level: int, n: int) -> torch.Tensor:
-        return torch.full((n,), self.time(level))
+        return torch.full((n,), self.time(level), device=self._device())
 
     # --- the chain -------------------------------------------------------------------------------------
     def initial_state(self, generators: Sequence[torch.Generator], conditions: torch.Tensor | None = None) -> GraphState:
@@ -113,14 +113,17 @@ class GraphDiffusion(Configurable, DiffusionModel):
         flags = torch.stack([(torch.arange(n) < size).float() for size in sizes])
         x = torch.stack([torch.randn((n, f), generator=g) for g in generators]) * self.x_sde.prior_std()
         adj = torch.stack([symmetric_noise((n, n), g) for g in generators]) * self.adj_sde.prior_std()
-        return {"x": mask_nodes(x, flags), "adj": mask_adjacency(adj, flags), "flags": flags}
+        state = {"x": mask_nodes(x, flags), "adj": mask_adjacency(adj, flags), "flags": flags}
+        return {key: value.to(self._device()) for key, value in state.items()}  # drawn on the CPU, moved once
 
     def _scores(self, state: GraphState, t: torch.Tensor) -> GraphState:
+        """The X and A scores (float32) at times ``t``, on the model's device."""
         device = self._device()
         x, adj, flags = (state[k].to(device) for k in ("x", "adj", "flags"))
+        t = t.to(device)
         scores = {}
         for key, network, sde in (("x", self.x_network, self.x_sde), ("adj", self.adj_network, self.adj_sde)):
-            out = network(x, adj, flags).float().cpu()
+            out = network(x, adj, flags).float()
             if isinstance(sde, VPSDE):
                 out = -out / sde.marginal(t)[1].view(-1, *([1] * (out.dim() - 1)))
             scores[key] = out
@@ -133,7 +136,7 @@ class GraphDiffusion(Configurable, DiffusionModel):
     def propose(self, x: GraphState, prediction: GraphState, level: int, generators: Sequence[torch.Generator],
                 num_candidates: int) -> GraphState:
         m, b = num_candidates, x["flags"].shape[0]
-        state = {k: v.repeat_interleave(m, dim=0) for k, v in x.items()}
+        state = {k: v.to(self._device()).repeat_interleave(m, dim=0) for k, v in x.items()}
         scores = {k: prediction[k].repeat_interleave(m, dim=0) for k in ("x", "adj")}
         flags, t = state["flags"], self._times(level, b * m)
         noise = self._noise(generators, m, 2)
@@ -166,12 +169,16 @@ class GraphDiffusion(Configurable, DiffusionModel):
         return {"x": scores["x"].detach() + grad, "adj": scores["adj"], "x_guidance": grad}
 
     def _noise(self, generators: Sequence[torch.Generator], m: int, moves: int) -> list[GraphState]:
-        """Per move, standard noise for X and (symmetric) A; candidate j of row b uses generators[b]."""
+        """Per move, standard noise for X and (symmetric) A; candidate j of row b uses generators[b]. Drawn
+        on the CPU (a sample is the same on every device), moved to the model's device in one transfer."""
         n, f = self.max_nodes, len(self.atoms)
         draws = [[({"x": torch.randn((n, f), generator=g), "adj": symmetric_noise((n, n), g)})
                   for _ in range(m * moves)] for g in generators]
-        return [{key: torch.stack([row[j * moves + move][key] for row in draws for j in range(m)])
-                 for key in ("x", "adj")} for move in range(moves)]
+        stacked = [[torch.stack([row[j * moves + move][key] for row in draws for j in range(m)]).flatten(1)
+                    for key in ("x", "adj")] for move in range(moves)]
+        flat = torch.stack([torch.cat(keys, dim=1) for keys in stacked]).to(self._device())  # one transfer
+        return [{"x": flat[move, :, : n * f].view(-1, n, f), "adj": flat[move, :, n * f:].view(-1, n, n)}
+                for move in range(moves)]
 
     def _langevin(self, state: GraphState, scores: GraphState, t: torch.Tensor, noise: GraphState) -> GraphState:
         flags = state["flags"]
@@ -202,7 +209,7 @@ class GraphDiffusion(Configurable, DiffusionModel):
         grid = torch.linspace(self.time(level), 0.0, num_steps + 1).tolist()
         state, scores = x, prediction
         for j in range(num_steps):
-            t = torch.full((n,), grid[j])
+            t = torch.full((n,), grid[j], device=flags.device)
             if j:
                 scores = self._scores(state, t)
             x0 = {key: sde.tweedie(state[key], scores[key], t)
@@ -211,7 +218,8 @@ class GraphDiffusion(Configurable, DiffusionModel):
                 following = {"flags": flags}
                 for key, sde in (("x", self.x_sde), ("adj", self.adj_sde)):
                     (mean, std), (mean_next, std_next) = (
-                        (v.view(-1, 1, 1) for v in sde.marginal(s)) for s in (t, torch.full((n,), grid[j + 1])))
+                        (v.view(-1, 1, 1) for v in sde.marginal(s))
+                        for s in (t, torch.full((n,), grid[j + 1], device=flags.device)))
                     following[key] = mean_next * x0[key] + std_next * (state[key] - mean * x0[key]) / std
                 state = following
         return {"x": mask_nodes(x0["x"], flags), "adj": mask_adjacency(x0["adj"], flags), "flags": flags}

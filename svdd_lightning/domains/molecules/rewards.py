@@ -62,6 +62,10 @@ class _RDKitReward(RewardFunction):
     def __call__(self, smiles: Sequence[str]) -> list[float | None]:
         return self.workers.map(partial(_score_chunk, self.score), smiles)
 
+    def submit(self, smiles: Sequence[str]) -> Callable[[], list[float | None]]:
+        """Start scoring in the worker processes and return at once (see :meth:`ChunkedWorkers.submit`)."""
+        return self.workers.submit(partial(_score_chunk, self.score), smiles)
+
     def close(self) -> None:
         """Stop the worker processes (a later call starts new ones)."""
         self.workers.close()

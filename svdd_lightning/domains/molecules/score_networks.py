@@ -116,12 +116,16 @@ class Attention(nn.Module):
             raise ValueError(f"GDSS attention: conv must be 'GCN' or 'MLP', got {conv!r}")
         self.gnn_v = DenseGCNConv(in_dim, out_dim)
 
-    def forward(self, x: torch.Tensor, adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, adj: torch.Tensor, values: bool = True,
+                attention: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(V, symmetrised attention map); ``values`` / ``attention`` False skip one (None in its place)."""
+        v = self.gnn_v(x, adj) if values else None
+        if not attention:
+            return v, None
         if self.conv == "GCN":
             q, k = self.gnn_q(x, adj), self.gnn_k(x, adj)
         else:
             q, k = self.gnn_q(x), self.gnn_k(x)
-        v = self.gnn_v(x, adj)
         b, n, d = q.shape
         q = q.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)  # B x heads x N x d_h
         k = k.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)
@@ -135,36 +139,63 @@ class AttentionLayer(nn.Module):
     Each input channel has its own :class:`Attention`; the channels' V outputs are mixed by
     ``multi_channel`` into the new node features (masked, tanh), and the per-channel attention
     maps next to the input channels go through ``mlp`` into the new channels (symmetrised, masked).
+
+    ``outputs`` names the outputs the network uses: GDSS's last layer of the node network discards the
+    new adjacency, the adjacency network's last layer the new node features. The modules that make only
+    a discarded output are kept (published state dicts and EMA lists name them) but frozen and not run:
+    no gradient could reach them, and DDP fails on trainable parameters without one.
     """
 
     def __init__(self, num_linears: int, conv_input_dim: int, attn_dim: int, conv_output_dim: int,
-                 input_dim: int, output_dim: int, num_heads: int = 4, conv: str = "GCN") -> None:
+                 input_dim: int, output_dim: int, num_heads: int = 4, conv: str = "GCN",
+                 outputs: tuple[str, ...] = ("x", "adj")) -> None:
         super().__init__()
+        if not outputs or set(outputs) - {"x", "adj"}:
+            raise ValueError(f"AttentionLayer.outputs must name 'x' and/or 'adj', got {outputs!r}")
         self.attn = nn.ModuleList(Attention(conv_input_dim, attn_dim, conv_output_dim, num_heads, conv)
                                   for _ in range(input_dim))
         hidden_dim = 2 * max(input_dim, output_dim)
         self.mlp = MLP(num_linears, 2 * input_dim, hidden_dim, output_dim)
         self.multi_channel = MLP(2, input_dim * conv_output_dim, hidden_dim, conv_output_dim)
+        self.outputs = tuple(outputs)
+        for module in self.unused_modules():
+            module.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor, adj: torch.Tensor, flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        values, maps = zip(*(attn(x, adj[:, c]) for c, attn in enumerate(self.attn)))
-        x_out = torch.tanh(mask_x(self.multi_channel(torch.cat(values, dim=-1)), flags))
+    def unused_modules(self) -> list[nn.Module]:
+        """The modules that only make an output this layer does not give (kept for checkpoints, frozen)."""
+        unused: list[nn.Module] = []
+        if "x" not in self.outputs:
+            unused += [self.multi_channel, *(attn.gnn_v for attn in self.attn)]
+        if "adj" not in self.outputs:
+            unused += [self.mlp, *(m for attn in self.attn for m in (attn.gnn_q, attn.gnn_k))]
+        return unused
+
+    def forward(self, x: torch.Tensor, adj: torch.Tensor,
+                flags: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(new node features, new adjacency channels); an output not in ``outputs`` is None."""
+        want_x, want_adj = "x" in self.outputs, "adj" in self.outputs
+        values, maps = zip(*(attn(x, adj[:, c], want_x, want_adj) for c, attn in enumerate(self.attn)))
+        x_out = torch.tanh(mask_x(self.multi_channel(torch.cat(values, dim=-1)), flags)) if want_x else None
+        if not want_adj:
+            return x_out, None
         mlp_in = torch.cat([torch.stack(maps, dim=-1), adj.permute(0, 2, 3, 1)], dim=-1)
         new_adj = self.mlp(mlp_in).permute(0, 3, 1, 2)
         return x_out, mask_adjs(new_adj + new_adj.transpose(-1, -2), flags)
 
 
 def _attention_stack(count: int, num_linears: int, feat_dim: int, nhid: int, adim: int, c_init: int,
-                     c_hid: int, c_final: int, num_heads: int, conv: str) -> nn.ModuleList:
+                     c_hid: int, c_final: int, num_heads: int, conv: str, last_outputs: tuple[str, ...]) -> nn.ModuleList:
     """GDSS's stack: the first layer maps c_init -> c_hid channels (attention dim nhid), the last
-    c_hid -> c_final, the others c_hid -> c_hid (attention dim adim); node features are nhid wide."""
+    c_hid -> c_final, the others c_hid -> c_hid (attention dim adim); node features are nhid wide.
+    The last layer gives only ``last_outputs`` (what the network reads of it)."""
     layers = nn.ModuleList()
     for i in range(count):
+        outputs = last_outputs if i == count - 1 else ("x", "adj")
         if i == 0:
-            layers.append(AttentionLayer(num_linears, feat_dim, nhid, nhid, c_init, c_hid, num_heads, conv))
+            layers.append(AttentionLayer(num_linears, feat_dim, nhid, nhid, c_init, c_hid, num_heads, conv, outputs))
         else:
             out = c_final if i == count - 1 else c_hid
-            layers.append(AttentionLayer(num_linears, nhid, adim, nhid, c_hid, out, num_heads, conv))
+            layers.append(AttentionLayer(num_linears, nhid, adim, nhid, c_hid, out, num_heads, conv, outputs))
     return layers
 
 
@@ -198,7 +229,7 @@ class ScoreNetworkX_GMH(Configurable, nn.Module):
         super().__init__()
         self.c_init = c_init
         self.layers = _attention_stack(depth, num_linears, max_feat_num, nhid, adim, c_init, c_hid, c_final,
-                                       num_heads, conv)
+                                       num_heads, conv, last_outputs=("x",))
         fdim = max_feat_num + depth * nhid
         self.final = MLP(3, fdim, 2 * fdim, max_feat_num)
 
@@ -229,7 +260,7 @@ class ScoreNetworkA(Configurable, nn.Module):
         super().__init__()
         self.c_init = c_init
         self.layers = _attention_stack(num_layers, num_linears, max_feat_num, nhid, adim, c_init, c_hid, c_final,
-                                       num_heads, conv)
+                                       num_heads, conv, last_outputs=("adj",))
         fdim = c_hid * (num_layers - 1) + c_final + c_init
         self.final = MLP(3, fdim, 2 * fdim, 1)
 

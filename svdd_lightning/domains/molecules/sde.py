@@ -49,6 +49,13 @@ class SDE(Configurable):
     def _index(self, t: torch.Tensor) -> torch.Tensor:
         return (t * (self.num_scales - 1)).round().long()
 
+    def _table(self, name: str, device: torch.device) -> torch.Tensor:
+        """A per-step table (``discrete_sigmas``, ...) on ``device``, copied there once."""
+        cache = self.__dict__.setdefault("_tables", {})
+        if (name, device) not in cache:
+            cache[(name, device)] = getattr(self, name).to(device)
+        return cache[(name, device)]
+
     def tweedie(self, x: torch.Tensor, score: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """E[x_0 | x_t] = (x_t + s(t)^2 score) / m(t) (VE: m = 1; VP: s^2 = 1 - m^2)."""
         mean, std = (v.view(-1, *([1] * (x.dim() - 1))) for v in self.marginal(t))
@@ -72,8 +79,9 @@ class VESDE(SDE):
 
     def reverse_step(self, x: torch.Tensor, score: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         i = self._index(t)
-        sigma = self.discrete_sigmas[i]
-        previous = torch.where(i > 0, self.discrete_sigmas[(i - 1).clamp(min=0)], torch.zeros_like(sigma))
+        sigmas = self._table("discrete_sigmas", t.device)
+        sigma = sigmas[i]
+        previous = torch.where(i > 0, sigmas[(i - 1).clamp(min=0)], torch.zeros_like(sigma))
         var = (sigma**2 - previous**2).view(-1, *([1] * (x.dim() - 1)))
         return x + var * score, var.sqrt()
 
@@ -97,9 +105,9 @@ class VPSDE(SDE):
 
     def reverse_step(self, x: torch.Tensor, score: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         i = self._index(t)
-        beta = self.discrete_betas[i].view(-1, *([1] * (x.dim() - 1)))
+        beta = self._table("discrete_betas", t.device)[i].view(-1, *([1] * (x.dim() - 1)))
         drift = (1.0 - beta).sqrt() * x - x  # the discretised forward drift
         return x - (drift - beta * score), beta.sqrt()
 
     def langevin_alpha(self, t: torch.Tensor) -> torch.Tensor:
-        return self.alphas[self._index(t)]
+        return self._table("alphas", t.device)[self._index(t)]

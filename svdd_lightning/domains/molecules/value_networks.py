@@ -2,8 +2,9 @@
 
 The input is a :class:`~.graph_diffusion.GraphDiffusion` state (node features X_t, adjacency A_t,
 node mask) at diffusion time t. A_t's entries are the edge weights of the message passing (PyG's
-``DenseGINConv``: h_i <- MLP((1 + eps) h_i + sum_j A_ij h_j)), so a noisy, fractional bond still
-carries its weight; a sinusoidal embedding of t enters every layer (the official SVDD molecule value
+``DenseGINConv`` without self-loops: h_i <- MLP(sum_j A_ij h_j), the node's own state coming back
+through the residual connection), so a noisy, fractional bond still carries its weight; a sinusoidal
+embedding of t enters every layer (the official SVDD molecule value
 network has no time input). Each layer's masked sum over nodes is concatenated (GIN's readout) and a
 small MLP maps it to one value per graph.
 """
@@ -42,7 +43,9 @@ class GraphGIN(Configurable, nn.Module):
         self.embed = nn.Linear(num_features, hidden)
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.time_shift = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(num_layers))
-        self.convs = nn.ModuleList(DenseGINConv(_mlp(hidden, dropout), train_eps=True) for _ in range(num_layers))
+        # no self-loop term (add_loop=False below), so GIN's eps is a fixed buffer: a trainable one would never
+        # get a gradient, which DDP refuses; shipped checkpoints hold it (0) under the same name
+        self.convs = nn.ModuleList(DenseGINConv(_mlp(hidden, dropout), train_eps=False) for _ in range(num_layers))
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(num_layers))
         self.head = nn.Sequential(nn.Linear(hidden * (num_layers + 1), hidden), nn.SiLU(), nn.Dropout(dropout),
                                   nn.Linear(hidden, 1))

@@ -6,6 +6,8 @@ network reads partially masked sequences and their diffusion time: a value netwo
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import nn
 
@@ -39,7 +41,11 @@ class ConvGRU(Configurable, nn.Module):
         if self.time_mlp is not None:
             if t is None:
                 raise ValueError("this network is time-conditioned: call it as network(x, t)")
-            h = h + self.time_mlp(time_features(t, h.shape[2])).unsqueeze(1)
-        states, last = self.gru(h)
+            h = h + self.time_mlp(time_features(t.to(h.device), h.shape[2])).unsqueeze(1)
+        # cuDNN's RNN backward only runs in training mode: gradients through the frozen (eval) network, as
+        # DPS takes them, use the native GRU kernel
+        native = torch.backends.cudnn.flags(enabled=False) if torch.is_grad_enabled() and not self.training else nullcontext()
+        with native:
+            states, last = self.gru(h)
         pooled = torch.cat([states.mean(dim=1), last.transpose(0, 1).flatten(1)], dim=1)
         return self.head(pooled).squeeze(-1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ...core.reward import RewardFunction
 from ...core.workers import ChunkedWorkers
@@ -61,8 +61,14 @@ class MinimumFreeEnergy(RewardFunction):
         return self.workers.map(partial(_fold_chunk, temperature=self.temperature), sequences)
 
     def __call__(self, sequences: Sequence[str]) -> list[float]:
+        return self.submit(sequences)()
+
+    def submit(self, sequences: Sequence[str]) -> Callable[[], list[float]]:
+        """Start folding in the worker processes (with ``processes`` > 1) and return at once; the returned
+        callable waits for the rewards (decoding overlaps folding with the denoiser's work)."""
         sequences = list(sequences)
-        return [-e / (len(s) if self.per_nucleotide else 1) for s, e in zip(sequences, self.energies(sequences))]
+        pending = self.workers.submit(partial(_fold_chunk, temperature=self.temperature), sequences)
+        return lambda: [-e / (len(s) if self.per_nucleotide else 1) for s, e in zip(sequences, pending())]
 
     def close(self) -> None:
         """Stop the worker processes (a later call starts new ones)."""
