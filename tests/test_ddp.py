@@ -89,28 +89,26 @@ def test_ddp_predict_writes_every_sample_once_as_one_process_does(tiny, single, 
     assert (out / "pretrained.fasta").read_text() == (single / "pretrained.fasta").read_text()
 
 
-def test_ddp_resume_decodes_only_the_missing_samples(tiny, single, tmp_path):
-    out = tmp_path / "resumed"
-    res = run_decode(*decode_args(tiny, out, 4, *DDP))
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert_complete(out, 4)
-    parts = out / "parts"
-    before = {p.name: len(p.read_text().splitlines()) for p in parts.glob("*.jsonl")}
-    assert before == {"rank0.jsonl": 1, "rank1.jsonl": 1}  # [0, 2] and [1, 3]
-
-    res = run_decode(*decode_args(tiny, out, 7, *DDP))
-    assert res.returncode == 0, res.stderr[-3000:]
-    # the second run sees 4, 5, 6 missing and shards them: rank 0 gets [4, 6], rank 1 gets [5]
-    new = {name: part_indices(parts / name)[before[name]:] for name in before}
-    assert new == {"rank0.jsonl": [[4, 6]], "rank1.jsonl": [[5]]}
-    assert_complete(out, 7)
-    assert samples(out) == samples(single)
-
-
 def _copy_parts(source: Path, out: Path) -> None:
     """An output directory holding only ``source``'s part files and settings (as after a kill before the merge)."""
     shutil.copytree(source / "parts", out / "parts")
     shutil.copy(source / "fingerprints.json", out / "fingerprints.json")
+
+
+def test_ddp_resume_decodes_only_the_missing_samples(tiny, single, tmp_path):
+    out = tmp_path / "resumed"
+    _copy_parts(single, out)
+    part = out / "parts" / "rank0.jsonl"
+    part.write_text("\n".join(part.read_text().splitlines()[:2]) + "\n")  # killed after samples 0..3
+    assert part_indices(part) == [[0, 1], [2, 3]]
+
+    res = run_decode(*decode_args(tiny, out, 7, *DDP))
+    assert res.returncode == 0, res.stderr[-3000:]
+    # the DDP run sees 4, 5, 6 missing and shards them: rank 0 gets [4, 6], rank 1 gets [5]
+    assert part_indices(part)[2:] == [[4, 6]]
+    assert part_indices(out / "parts" / "rank1.jsonl") == [[5]]
+    assert_complete(out, 7)
+    assert samples(out) == samples(single)
 
 
 def test_ddp_resume_with_fewer_missing_samples_than_processes(tiny, single, tmp_path):
