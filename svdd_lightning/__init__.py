@@ -5,7 +5,12 @@ from .core.model import DiffusionModel
 from .core.reward import FunctionReward, ProxyGuided, Reward, RewardFunction, WeightedSum, as_reward
 from .core.run import Candidates, DecodeStats
 from .core.value import NetworkValue, PosteriorMeanValue, Value
+from .core.beam import BeamSearch
+from .core.nested_is import NestedIS
+from .core.refinement import Refinement
+from .core.rollout_values import LookaheadValue, PosteriorSamplingValue
 
-__all__ = ["BestOfN", "Candidates", "Configurable", "DPS", "DecodeResult", "DecodeStats", "Decoder", "DiffusionModel",
-           "FunctionReward", "NetworkValue", "PosteriorMeanValue", "PretrainedSampling", "ProxyGuided", "Reward",
-           "RewardFunction", "SMC", "SVDD", "Value", "WeightedSum", "as_reward"]
+__all__ = ["BeamSearch", "BestOfN", "Candidates", "Configurable", "DPS", "DecodeResult", "DecodeStats", "Decoder",
+           "DiffusionModel", "FunctionReward", "LookaheadValue", "NestedIS", "NetworkValue", "PosteriorMeanValue",
+           "PosteriorSamplingValue", "PretrainedSampling", "ProxyGuided", "Refinement", "Reward", "RewardFunction", "SMC",
+           "SVDD", "Value", "WeightedSum", "as_reward"]

@@ -187,6 +187,73 @@ class ExactMaskedChain:
             m = m @ policy
         return torch.from_numpy(m[self.clean_index.numpy()])
 
+    def completion_laws(self, level: int, draws: str) -> torch.Tensor:
+        """(S, C): the law over the clean ``sequences`` that a value draws x_0 from, for every state at ``level``.
+
+        ``exact``: p_pre(x_0 | x_k), the rest of the chain. ``factorised``: every masked token drawn
+        independently from the denoiser output at x_k (what one step of ``x0_samples`` does)."""
+        if draws == "exact":
+            law = torch.eye(len(self.states), dtype=torch.float64)
+            for kernel in self.kernels[level:]:
+                law = law @ kernel
+            return law[:, self.clean_index]
+        with torch.inference_mode():
+            probs = self.model.denoise(self.states, level).double().exp()  # (S, L, V), one-hot where unmasked
+        clean = self.states[self.clean_index]  # (C, L)
+        law = torch.ones(len(self.states), len(clean), dtype=torch.float64)
+        for i in range(clean.shape[1]):
+            law *= probs[:, i, :][:, clean[:, i]]
+        return law
+
+    def sampled_value_svdd_law(self, reward: Callable[[list[str]], Sequence[float]], alpha: float,
+                               num_candidates: int, num_samples: int, draws: str = "exact") -> torch.Tensor:
+        """Exact law of x_0 under SVDD with M candidates selected by softmax(v / alpha), where each candidate's
+        v = alpha log (1/K) sum_j exp(r(x0_j) / alpha) from K independent draws x0_j of ``completion_laws``.
+
+        With w = exp(r / alpha) and the estimate w^ = (1/K) sum_j w(x0_j), P(keep y | x) is
+        M p(y | x) int_0^inf E[w^_y exp(-t w^_y)] phi_x(t)^(M-1) dt, phi_x(t) = sum_z p(z | x) E[exp(-t w^_z)],
+        and for K draws E[exp(-t w^)] = psi(t/K)^K, E[w^ exp(-t w^)] = psi(t/K)^(K-1) chi(t/K), with
+        psi(s) = E[exp(-s w)], chi(s) = E[w exp(-s w)] under the draw law (a point mass for clean y).
+        """
+        from scipy import integrate
+
+        r = self.reward_vector(reward).numpy()
+        w = np.exp((r - r.max()) / alpha)  # the law is scale-free in w
+        m, k = num_candidates, num_samples
+        law = self.marginals[0].numpy()
+        for level, kernel in enumerate(self.kernels):
+            kernel, draw = kernel.numpy(), self.completion_laws(level + 1, draws).numpy()
+            rows = np.nonzero(law > 0)[0]
+
+            def integrand(t, kernel=kernel[rows], draw=draw):
+                psi, chi = draw @ np.exp(-t / k * w), draw @ (w * np.exp(-t / k * w))
+                phi = kernel @ psi ** k
+                return (kernel * (psi ** (k - 1) * chi)[None, :] * phi[:, None] ** (m - 1)).ravel()
+
+            integral, _ = integrate.quad_vec(integrand, 0, np.inf, epsabs=1e-13, epsrel=1e-10)
+            policy = np.zeros_like(kernel)
+            policy[rows] = m * integral.reshape(len(rows), -1)
+            law = law @ policy
+        return torch.from_numpy(law[self.clean_index.numpy()])
+
+    def renoise_kernel(self, level: int) -> torch.Tensor:
+        """(C, C): re-mask each token of a clean sequence independently with probability t_k (the forward
+        process), then finish with the pretrained chain from level k."""
+        t = self.model.level_time(level)
+        clean, mask = self.states[self.clean_index], self.model.mask_id
+        keep = self.states.unsqueeze(0) == clean.unsqueeze(1)  # (C, S, L): position kept as in the clean row
+        masked = (self.states == mask).unsqueeze(0)
+        q = torch.where(keep, 1 - t, torch.where(masked, t, 0.0)).double().prod(dim=-1)  # (C, S) = q(x_k | x_0)
+        return q @ self.completion_laws(level, "exact")
+
+    def metropolis_kernel(self, reward: Callable[[list[str]], Sequence[float]], alpha: float, level: int) -> torch.Tensor:
+        """(C, C): one refinement round, re-noise to ``level`` and re-decode, accepted with probability
+        min(1, exp((r' - r) / alpha))."""
+        r = self.reward_vector(reward)
+        accept = torch.exp(((r.unsqueeze(0) - r.unsqueeze(1)) / alpha).clamp(max=0))
+        kernel = self.renoise_kernel(level) * accept
+        return kernel + torch.diag(1 - kernel.sum(dim=1))
+
     def counts(self, x0: torch.Tensor) -> torch.Tensor:
         """Histogram of clean token rows (N, L) over ``sequences``."""
         position = torch.full((len(self.states),), -1, dtype=torch.long)
@@ -280,6 +347,29 @@ class GaussianMixtureDDPM(DiffusionModel):
         """Tweedie: E[x_0 | x_i] = (x_i - sqrt(1 - abar_i) eps) / sqrt(abar_i)."""
         abar = float(self.abar[self.index(level)])
         return (x - math.sqrt(1 - abar) * prediction) / math.sqrt(abar)
+
+    def x0_samples(self, x: torch.Tensor, prediction: torch.Tensor, level: int, generators: Sequence[torch.Generator],
+                   num_samples: int, num_steps: int) -> torch.Tensor:
+        """DDPM-posterior steps on an even subgrid of the remaining indices; the last returns Tweedie's x_0."""
+        x, eps = x.repeat_interleave(num_samples, 0), prediction.repeat_interleave(num_samples, 0)
+        rows = [g for g in generators for _ in range(num_samples)]
+        levels = torch.linspace(level, self.num_steps, num_steps + 1).round().long().tolist()
+        for j in range(num_steps):
+            if j:
+                eps = self.eps(x, levels[j])
+            x0 = self.x0_hat(x, eps, levels[j])
+            if j + 1 == num_steps:
+                return x0
+            a, a_next = float(self.abar[self.index(levels[j])]), float(self.abar[self.index(levels[j + 1])])
+            ratio = a / a_next
+            mean = math.sqrt(a_next) * x0 + math.sqrt(ratio) * (1 - a_next) / (1 - a) * (x - math.sqrt(a) * x0)
+            z = torch.stack([torch.randn(2, generator=g, dtype=torch.float64) for g in rows])
+            x = mean + math.sqrt((1 - a_next) / (1 - a) * (1 - ratio)) * z
+
+    def forward_noise(self, x0: torch.Tensor, level: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        abar = float(self.abar[self.index(level)])
+        z = torch.stack([torch.randn(2, generator=g, dtype=torch.float64) for g in generators])
+        return math.sqrt(abar) * x0 + math.sqrt(1 - abar) * z
 
     def decode(self, x0: torch.Tensor) -> list:
         return x0.tolist()

@@ -63,13 +63,16 @@ class Decoder(ABC):
         if len(indices) != len(generators):
             raise ValueError(f"{len(generators)} generators for {len(indices)} sample indices")
         run = Run(model, as_reward(reward), indices, self.chunk_size)
-        x0 = self._decode(run, list(generators))
+        generators = list(generators)
+        x0 = self.decode_from(run, run.initial_state(generators), 0, generators)
         samples = run.decode(x0)  # once (a VAE's decoding is costly); the reward scores these samples
         rewards = run.score(x0, samples).cpu()
         return DecodeResult(x0, samples, rewards, run.stats)
 
     @abstractmethod
-    def _decode(self, run: Run, generators: list[torch.Generator]) -> State: ...
+    def decode_from(self, run: Run, x: State, level: int, generators: list[torch.Generator]) -> State:
+        """Finish decoding the states ``x`` at ``level`` (0: the prior) to clean states, row b with
+        ``generators[b]`` (refinement re-decodes re-noised designs from a level > 0)."""
 
 
 class PretrainedSampling(Decoder):
@@ -79,14 +82,14 @@ class PretrainedSampling(Decoder):
         chunk_size: at most this many rows per denoiser call (None: the whole batch at once).
     """
 
-    def _decode(self, run: Run, generators: list[torch.Generator]) -> State:
-        return ancestral(run, run.initial_state(generators), generators)
+    def decode_from(self, run: Run, x: State, level: int, generators: list[torch.Generator]) -> State:
+        return ancestral(run, x, generators, level=level)
 
 
 def ancestral(run: Run, x: State, generators: list[torch.Generator],
-              on_level: Callable[[int, State], None] | None = None) -> State:
-    """Run the pretrained chain from level 0 to the clean level; ``on_level(k, x_k)`` sees every state."""
-    return advance(run, Candidates(run, x, 0), run.model.num_steps, generators, on_level).x
+              on_level: Callable[[int, State], None] | None = None, level: int = 0) -> State:
+    """Run the pretrained chain from ``level`` to the clean level; ``on_level(k, x_k)`` sees every state."""
+    return advance(run, Candidates(run, x, level), run.model.num_steps, generators, on_level).x
 
 
 def advance(run: Run, current: Candidates, stop: int, generators: list[torch.Generator],
@@ -96,7 +99,7 @@ def advance(run: Run, current: Candidates, stop: int, generators: list[torch.Gen
         if on_level is not None:
             on_level(level, current.x)
         x_next = run.propose(current.x, current.prediction, level, generators, 1)
-        current = Candidates(run, x_next, level + 1, parent=(current.x, current.prediction))
+        current = Candidates(run, x_next, level + 1, parent=(current.x, current.prediction), generators=generators)
     return current
 
 
@@ -114,9 +117,10 @@ class BestOfN(Decoder):
             raise ValueError(f"BestOfN.n must be >= 1, got {n}")
         self.n = n
 
-    def _decode(self, run: Run, generators: list[torch.Generator]) -> State:
+    def decode_from(self, run: Run, x: State, level: int, generators: list[torch.Generator]) -> State:
         children = spawn_generators(generators, self.n)
-        x0 = ancestral(run, run.initial_state(children), children)
+        start = run.initial_state(children) if level == 0 else repeat_rows(x, self.n)
+        x0 = ancestral(run, start, children, level=level)
         rewards = run.score(x0).view(len(generators), self.n)
         best = torch.arange(len(generators), device=rewards.device) * self.n + rewards.argmax(dim=1)
         return index_rows(x0, best)
@@ -155,19 +159,19 @@ class SVDD(Decoder):
             raise ValueError(f"SVDD.alpha must be >= 0 (0 = argmax), got {alpha}")
         if select_every < 1:
             raise ValueError(f"SVDD.select_every must be >= 1 (1 = select at every step), got {select_every}")
-        self.value = value
+        self.value = value.for_alpha(alpha)
         self.num_candidates = num_candidates
         self.alpha = alpha
         self.select_every = select_every
 
-    def _decode(self, run: Run, generators: list[torch.Generator]) -> State:
+    def decode_from(self, run: Run, x: State, level: int, generators: list[torch.Generator]) -> State:
         model, m = run.model, self.num_candidates
-        current = Candidates(run, run.initial_state(generators), 0)
-        for level in range(0, model.num_steps, self.select_every):
+        current = Candidates(run, x, level)
+        for level in range(level, model.num_steps, self.select_every):
             # 1. M proposals per sample from the pretrained model, one batched call
             proposals = run.propose(current.x, current.prediction, level, generators, m)
             parent = (repeat_rows(current.x, m), repeat_rows(current.prediction, m))
-            candidates = Candidates(run, proposals, level + 1, parent=parent)
+            candidates = Candidates(run, proposals, level + 1, parent=parent, generators=repeat_each(generators, m))
             stop = min(level + self.select_every, model.num_steps)
             if stop > level + 1:  # each candidate goes on alone to the next selection level
                 candidates = advance(run, candidates, stop, spawn_generators(generators, m))
@@ -185,6 +189,16 @@ class SVDD(Decoder):
 def soft_value(value: Value, candidates: Candidates) -> torch.Tensor:
     """v(x_k): the value function, or the reward itself for clean states."""
     return candidates.run.score(candidates.x) if candidates.is_clean else value(candidates)
+
+
+def condition_populations(run: Run) -> list[torch.Tensor]:
+    """Row indices of each condition's samples (all rows for an unconditional model): SMC's populations."""
+    return [(run.conditions == c).nonzero().squeeze(1) for c in run.conditions.unique()]
+
+
+def repeat_each(generators: Sequence[torch.Generator], times: int) -> list[torch.Generator]:
+    """Each sample's generator for each of its ``times`` rows (rows b*times .. b*times+times-1 share it)."""
+    return [g for g in generators for _ in range(times)]
 
 
 class SMC(Decoder):
@@ -228,17 +242,18 @@ class SMC(Decoder):
             raise ValueError(f"SMC.resampling must be 'multinomial' or 'systematic', got {resampling!r}")
         if potential not in self.POTENTIALS:
             raise ValueError(f"SMC.potential must be one of {', '.join(self.POTENTIALS)}, got {potential!r}")
-        self.value, self.alpha, self.ess_threshold = value, alpha, ess_threshold
+        self.value, self.alpha, self.ess_threshold = value.for_alpha(alpha), alpha, ess_threshold
         self.resampling, self.potential = resampling, potential
 
-    def _decode(self, run: Run, generators: list[torch.Generator]) -> State:
+    def decode_from(self, run: Run, x: State, level: int, generators: list[torch.Generator]) -> State:
         model, n = run.model, len(generators)
-        populations = [(run.conditions == c).nonzero().squeeze(1) for c in run.conditions.unique()]
-        current = Candidates(run, run.initial_state(generators), 0)
-        path = self.value(current).double().cpu()  # v at the last resampling, or the path's max / sum
-        for level in range(model.num_steps):
+        populations = condition_populations(run)
+        current = Candidates(run, x, level, generators=generators)
+        path = soft_value(self.value, current).double().cpu()  # v at the last resampling, or the path's max / sum
+        for level in range(level, model.num_steps):
             proposals = run.propose(current.x, current.prediction, level, generators, 1)
-            current = Candidates(run, proposals, level + 1, parent=(current.x, current.prediction))
+            current = Candidates(run, proposals, level + 1, parent=(current.x, current.prediction),
+                                 generators=generators)
             value = soft_value(self.value, current).double().cpu()  # the weights are host decisions
             if self.potential == "difference":
                 log_w = (value - path) / self.alpha
@@ -272,11 +287,10 @@ class DPS(Decoder):
         super().__init__(chunk_size)
         self.scale = scale
 
-    def _decode(self, run: Run, generators: list[torch.Generator]) -> State:
+    def decode_from(self, run: Run, x: State, level: int, generators: list[torch.Generator]) -> State:
         model = run.model
         guidance = run.reward.differentiable()
-        x = run.initial_state(generators)
-        for level in range(model.num_steps):
+        for level in range(level, model.num_steps):
             with torch.inference_mode(False), torch.enable_grad():
                 prediction = map_chunked(lambda rows: model.guided_prediction(rows, level, guidance, self.scale),
                                          _normal_tensors(x), self.chunk_size)

@@ -34,6 +34,9 @@ class DiffusionModel(nn.Module, ABC):
     #: Number of conditions (prompts, class labels) a conditional model samples: sample i is drawn under
     #: condition ``i % num_conditions``, and each condition is its own population (SMC never mixes them).
     num_conditions: int = 1
+    #: True when one step of ``x0_samples`` draws x_0 at random (masked models: tokens from the denoiser
+    #: output); False when one step is the deterministic x0_hat and draws need rollouts of >= 2 steps.
+    random_one_step_x0: bool = False
 
     @abstractmethod
     def initial_state(self, generators: Sequence[torch.Generator], conditions: torch.Tensor | None = None) -> State:
@@ -63,6 +66,15 @@ class DiffusionModel(nn.Module, ABC):
         """x_0 reached from ``x`` by ``num_steps`` deterministic denoising steps (DDIM with eta = 0, the
         probability-flow ODE); the first step uses ``prediction``, each further one a denoiser call."""
         raise NotImplementedError(f"{type(self).__name__} has no multi-step deterministic x_0 estimate")
+
+    def x0_samples(self, x: State, prediction: Prediction, level: int, generators: Sequence[torch.Generator],
+                   num_samples: int, num_steps: int) -> State:
+        """``num_samples`` draws of x_0 ~ p(x_0 | x_k) per row, by ``num_steps`` stochastic denoising steps
+        from the state's time to 0 (the first uses ``prediction``, each further one is a denoiser call per
+        draw). Row b's draws are rows b*n .. b*n+n-1 of the result, drawn in turn from ``generators[b]``.
+        Callers pass at most the levels left (``self.num_steps - level``); one step on the last level left is
+        a model's deterministic last step where ``random_one_step_x0`` is False."""
+        raise NotImplementedError(f"{type(self).__name__} cannot draw x_0 from p(x_0 | x_k) (x0_samples)")
 
     @abstractmethod
     def decode(self, x0: State) -> list:

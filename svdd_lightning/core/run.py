@@ -12,7 +12,8 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from .model import DiffusionModel, Prediction
 from .reward import Reward
-from .state import State, batch_size, concat_rows, distinct_rows, index_rows, map_chunked, slice_rows, state_device
+from .state import (State, batch_size, concat_rows, distinct_rows, index_rows, map_chunked, repeat_rows, slice_rows,
+                    state_device)
 
 log = logging.getLogger(__name__)
 
@@ -259,15 +260,20 @@ class ScoreStream:
 
 
 class Candidates:
-    """States at one level whose denoiser output is computed once, on first use."""
+    """States at one level whose denoiser output is computed once, on first use.
+
+    ``generators`` (one per row; rows of one sample share their sample's generator) drive the draws
+    of values that sample (:meth:`x0_samples`).
+    """
 
     def __init__(self, run: Run, x: State, level: int, parent: tuple[State, Prediction] | None = None,
-                 prediction: Prediction | None = None) -> None:
+                 prediction: Prediction | None = None, generators: Sequence[torch.Generator] | None = None) -> None:
         self.run = run
         self.x = x
         self.level = level
         self._parent = parent
         self._prediction = prediction
+        self.generators = None if generators is None else list(generators)
 
     @property
     def is_clean(self) -> bool:
@@ -306,6 +312,22 @@ class Candidates:
         return map_chunked(lambda rows: model.x0_estimate(rows[0], rows[1], self.level, num_steps),
                            (self.x, self.prediction), self.run.chunk_size)
 
+    def x0_samples(self, num_samples: int, num_steps: int = 1) -> State:
+        """``num_samples`` draws of x_0 ~ p(x_0 | x_k) per row (rows b*n .. b*n+n-1 are row b's), by at most
+        ``num_steps`` stochastic denoising steps (:meth:`DiffusionModel.x0_samples`); every step after the
+        first is one denoiser call per draw, counted. Clean rows are their own draws."""
+        if self.is_clean:
+            return repeat_rows(self.x, num_samples)
+        if self.generators is None:
+            raise ValueError("these candidates carry no generators: a value that samples x_0 needs a decoder that "
+                             "passes each row's generator to its Candidates")
+        steps = min(num_steps, self.run.model.num_steps - self.level)
+        self.run.stats.denoiser_calls += batch_size(self.x) * num_samples * (steps - 1)
+        n, step = batch_size(self.x), self.run.chunk_size or batch_size(self.x)
+        return concat_rows([self.run.model.x0_samples(
+            slice_rows(self.x, i, min(i + step, n)), slice_rows(self.prediction, i, min(i + step, n)), self.level,
+            self.generators[i: i + step], num_samples, steps) for i in range(0, n, step)])
+
     def time(self) -> torch.Tensor:
         """Each row's diffusion time, on the state's device."""
         return torch.full((batch_size(self.x),), self.run.model.time(self.level), device=state_device(self.x))
@@ -314,5 +336,6 @@ class Candidates:
         """The chosen rows, keeping their prediction if it was already computed."""
         parent = None if self._parent is None else (index_rows(self._parent[0], index), index_rows(self._parent[1], index))
         pred = None if self._prediction is None else index_rows(self._prediction, index)
-        return Candidates(self.run, index_rows(self.x, index), self.level, parent, pred)
+        generators = None if self.generators is None else [self.generators[i] for i in index.tolist()]
+        return Candidates(self.run, index_rows(self.x, index), self.level, parent, pred, generators)
 

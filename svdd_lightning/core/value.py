@@ -22,6 +22,10 @@ class Value(ABC):
         """Move the networks the value holds (``DecodingModule`` calls it for the run's device)."""
         return self
 
+    def for_alpha(self, alpha: float) -> "Value":
+        """This value for a decoder with temperature ``alpha`` (values that do not depend on alpha: itself)."""
+        return self
+
 
 class PosteriorMeanValue(Value):
     """SVDD-PM: v(x_k) = r(x0_hat(x_k)), no training (one denoiser call per candidate).

@@ -42,6 +42,8 @@ class MaskedDiffusion(Configurable, DiffusionModel):
         time_conditioning: whether the backbone takes the time (MDLM: no).
     """
 
+    random_one_step_x0 = True
+
     def __init__(self, backbone: nn.Module, alphabet: str, seq_len: int, num_steps: int = 128,
                  schedule: LogLinearSchedule | None = None, time_conditioning: bool = False) -> None:
         super().__init__()
@@ -124,6 +126,26 @@ class MaskedDiffusion(Configurable, DiffusionModel):
         """Mask each token independently with probability t_k (the sampler's marginal at level k)."""
         u = torch.stack([torch.rand(x0.shape[1], generator=g) for g in generators]).to(x0.device)
         return torch.where(u < self.level_time(level), self.mask_id, x0)
+
+    def x0_samples(self, x: torch.Tensor, prediction: torch.Tensor, level: int, generators: Sequence[torch.Generator],
+                   num_samples: int, num_steps: int) -> torch.Tensor:
+        """Clean sequences drawn by ``num_steps`` steps of this sampler on an even grid from t_k to 0.
+
+        One step draws every masked token independently from the denoiser output already computed (its
+        factorised p(x_0 | x_t): no denoiser call). With ``num_steps = num_steps - level`` the grid is the
+        sampler's own, so the draws are exact samples of p_pre(x_0 | x_k)."""
+        n, t = num_samples, self.level_time(level)
+        x, log_p = x.repeat_interleave(n, dim=0), prediction.repeat_interleave(n, dim=0)
+        rows = [g for g in generators for _ in range(n)]
+        for j in range(num_steps):
+            s = t * (num_steps - j - 1) / (num_steps - j)
+            if j:
+                log_p = self.log_probs(x.to(self._device()), torch.full((x.shape[0],), t)).cpu()
+            u = torch.stack([torch.rand((x.shape[1], 2), generator=g) for g in rows])
+            token = (u[..., 1:] > log_p.exp().cumsum(-1)).sum(-1).clamp_(max=self.vocab_size - 1)
+            x = torch.where((x == self.mask_id) & (u[..., 0] >= s / t), token, x)
+            t = s
+        return x
 
     def x0_hat(self, x: torch.Tensor, prediction: torch.Tensor, level: int) -> torch.Tensor:
         """The denoiser's most likely clean sequence; unmasked tokens are kept."""

@@ -165,6 +165,29 @@ class DiffusersChain(DiffusionModel):
 
         return ImageFiles()
 
+    def x0_samples(self, x: ImageState, prediction: torch.Tensor, level: int, generators: Sequence[torch.Generator],
+                   num_samples: int, num_steps: int) -> ImageState:
+        """x_0 drawn by ``num_steps`` ancestral steps (DDPM's posterior, i.e. DDIM with eta = 1) on an even
+        subgrid of the remaining timesteps; each step's x_0 is the scheduler's ``pred_original_sample`` at its
+        own timestep (clipping included), the last step returns it (so one step is the deterministic x0_hat)."""
+        key, n, num_steps = self.state_key, num_samples, min(num_steps, self.num_steps - level)
+        state, out = repeat_rows(x, n), prediction.repeat_interleave(n, dim=0)
+        rows = [g for g in generators for _ in range(n)]
+        levels = torch.linspace(level, self.num_steps, num_steps + 1).round().long().tolist()
+        abar = self.scheduler.alphas_cumprod.to(out.device)
+        for j in range(num_steps):
+            if j:
+                out = self._predict(state, self.timesteps[levels[j]])
+            x0 = self._step(out, levels[j], state[key]).pred_original_sample
+            if j + 1 == num_steps:
+                break
+            a_t, a_next = abar[self.timesteps[levels[j]]], abar[self.timesteps[levels[j + 1]]]
+            ratio = a_t / a_next  # the forward step's signal factor, squared
+            var = (1 - a_next) / (1 - a_t) * (1 - ratio)
+            mean = a_next.sqrt() * x0 + ratio.sqrt() * (1 - a_next) / (1 - a_t) * (state[key] - a_t.sqrt() * x0)
+            state = {**state, key: mean + var.sqrt() * self._noise(rows, 1)}
+        return {**state, key: x0}
+
     def forward_noise(self, x0: ImageState, level: int, generators: Sequence[torch.Generator]) -> ImageState:
         """``scheduler.add_noise`` at the level's timestep (the clean level is returned as it is)."""
         if level >= self.num_steps:

@@ -224,6 +224,36 @@ class GraphDiffusion(Configurable, DiffusionModel):
                 state = following
         return {"x": mask_nodes(x0["x"], flags), "adj": mask_adjacency(x0["adj"], flags), "flags": flags}
 
+    def x0_samples(self, x: GraphState, prediction: GraphState, level: int, generators: Sequence[torch.Generator],
+                   num_samples: int, num_steps: int) -> GraphState:
+        """x_0 drawn by ``num_steps`` ancestral (DDPM-posterior) steps on an even grid from the state's time to
+        0, for X and A: x_0 by Tweedie, then x_next ~ q(x_next | x, x_0); the last step returns Tweedie's x_0
+        (so one step is the deterministic estimate)."""
+        n = num_samples
+        state = {k: v.repeat_interleave(n, dim=0) for k, v in x.items()}
+        scores = {k: prediction[k].repeat_interleave(n, dim=0) for k in ("x", "adj")}
+        rows, flags, size = [g for g in generators for _ in range(n)], state["flags"], state["flags"].shape[0]
+        grid = torch.linspace(self.time(level), 0.0, num_steps + 1).tolist()
+        for j in range(num_steps):
+            t = torch.full((size,), grid[j])
+            if j:
+                scores = self._scores(state, t)
+            x0 = {key: sde.tweedie(state[key], scores[key], t) for key, sde in (("x", self.x_sde), ("adj", self.adj_sde))}
+            if j + 1 == num_steps:
+                break
+            noise = self._noise(rows, 1, 1)[0]
+            following = {"flags": flags}
+            for key, sde in (("x", self.x_sde), ("adj", self.adj_sde)):
+                (m, s), (m_next, s_next) = ((v.view(-1, 1, 1) for v in sde.marginal(u))
+                                            for u in (t, torch.full((size,), grid[j + 1])))
+                a = m / m_next  # x_t = a x_next + noise of variance s^2 - a^2 s_next^2
+                var = (s_next**2 * (s**2 - a**2 * s_next**2) / s**2).clamp_min(0)
+                mean = m_next * x0[key] + a * s_next**2 / s**2 * (state[key] - m * x0[key])
+                following[key] = mean + var.sqrt() * noise[key]
+            following["x"], following["adj"] = mask_nodes(following["x"], flags), mask_adjacency(following["adj"], flags)
+            state = following
+        return {"x": mask_nodes(x0["x"], flags), "adj": mask_adjacency(x0["adj"], flags), "flags": flags}
+
     def forward_noise(self, x0: GraphState, level: int, generators: Sequence[torch.Generator]) -> GraphState:
         """x_t = m(t) x_0 + s(t) z for X and (symmetric) A."""
         t = self._times(level, x0["flags"].shape[0])
