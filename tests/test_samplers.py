@@ -110,12 +110,12 @@ def test_sampled_value_alpha_zero_is_the_max_over_draws_and_counts_its_calls(toy
 
 
 # --- 2. beam search ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("value", ["posterior_mean", "lookahead"])
-def test_beam_of_one_is_svdd_with_m_equal_k(toy, value):
+@pytest.mark.parametrize("value,every", [("posterior_mean", 1), ("lookahead", 1), ("posterior_mean", 2)])
+def test_beam_of_one_is_svdd_with_m_equal_k(toy, value, every):
     model, chain, reward, _, _ = toy
     make = {"posterior_mean": PosteriorMeanValue, "lookahead": lambda: LookaheadValue(PosteriorMeanValue(), 1)}[value]
-    beam = BeamSearch(make(), beam_width=1, num_candidates=5).sample(model, reward, generators(300))
-    svdd = SVDD(make(), num_candidates=5, alpha=0.0).sample(model, reward, generators(300))
+    beam = BeamSearch(make(), beam_width=1, num_candidates=5, select_every=every).sample(model, reward, generators(300))
+    svdd = SVDD(make(), num_candidates=5, alpha=0.0, select_every=every).sample(model, reward, generators(300))
     assert torch.equal(beam.x0, svdd.x0) and beam.stats == svdd.stats
 
 
@@ -140,12 +140,12 @@ def test_beam_keeps_distinct_states(toy):
 
 
 # --- 3. nested-IS SMC ------------------------------------------------------------------------------
-@pytest.mark.parametrize("value", ["exact", "posterior_mean"])
-def test_nested_is_samples_the_target_whatever_its_value(toy, value):
+@pytest.mark.parametrize("value,every", [("exact", 1), ("posterior_mean", 1), ("posterior_mean", 2)])
+def test_nested_is_samples_the_target_whatever_its_value(toy, value, every):
     model, chain, reward, values, target = toy
     make = {"exact": lambda: ExactValue(chain, values), "posterior_mean": PosteriorMeanValue}[value]
     k, n = 30, 150  # independent populations of n particles
-    decoder = NestedIS(make(), num_candidates=4, alpha=ALPHA)
+    decoder = NestedIS(make(), num_candidates=4, alpha=ALPHA, select_every=every)
     counts = torch.stack([chain.counts(decoder.sample(model, reward, generators(n, offset=7000 + j * n)).x0)
                           for j in range(k)])
     assert hotelling_p(counts, target) > PASS, tv(counts.sum(0), target)
@@ -215,6 +215,7 @@ DECODERS = {
     "svdd_sampled_value": lambda: SVDD(PosteriorSamplingValue(3), num_candidates=4, alpha=0.5),
     "beam": lambda: BeamSearch(PosteriorMeanValue(), beam_width=2, num_candidates=3),
     "beam_lookahead": lambda: BeamSearch(PosteriorMeanValue(), beam_width=2, num_candidates=2, lookahead=2),
+    "beam_every_2": lambda: BeamSearch(PosteriorMeanValue(), beam_width=2, num_candidates=3, select_every=2),
     "refinement": lambda: Refinement(SVDD(PosteriorMeanValue(), 3), rounds=2, noise_level=0.5),
 }
 
@@ -246,6 +247,8 @@ def test_nested_is_is_reproducible_and_raises_gc(dna):
     (lambda: Refinement(PretrainedSampling(), rounds=-1), "Refinement.rounds"),
     (lambda: Refinement(PretrainedSampling(), alpha=0.0), "Refinement.alpha"),
     (lambda: LookaheadValue(PosteriorMeanValue(), steps=-1), "LookaheadValue.steps"),
+    (lambda: BeamSearch(PosteriorMeanValue(), select_every=0), "BeamSearch.select_every"),
+    (lambda: NestedIS(PosteriorMeanValue(), select_every=0), "NestedIS.select_every"),
 ])
 def test_bad_arguments_raise_value_error_naming_the_field(make, field):
     with pytest.raises(ValueError, match=field):

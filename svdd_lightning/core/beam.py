@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch.utils._pytree import tree_flatten
 
-from .decoders import Decoder, repeat_each, soft_value
+from .decoders import Decoder, expand, repeat_each, soft_value
 from .rollout_values import LookaheadValue
 from .run import Candidates, Run
 from .state import State, repeat_rows
@@ -23,10 +23,12 @@ class BeamSearch(Decoder):
 
     ``lookahead = L`` > 0 scores each candidate after L more pretrained steps (:class:`LookaheadValue`;
     the candidate, not its look-ahead, is kept): L more denoiser calls per candidate and level.
+    ``select_every = E`` > 1 selects every E levels, as in :class:`~svdd_lightning.SVDD`: each candidate
+    runs E pretrained steps (and keeps them) before it is scored.
     """
 
     def __init__(self, value: Value, beam_width: int = 2, num_candidates: int = 5, lookahead: int = 0,
-                 chunk_size: int | None = None) -> None:
+                 select_every: int = 1, chunk_size: int | None = None) -> None:
         super().__init__(chunk_size)
         if beam_width < 1:
             raise ValueError(f"BeamSearch.beam_width must be >= 1, got {beam_width}")
@@ -34,19 +36,20 @@ class BeamSearch(Decoder):
             raise ValueError(f"BeamSearch.num_candidates must be >= 1, got {num_candidates}")
         if lookahead < 0:
             raise ValueError(f"BeamSearch.lookahead must be >= 0 (0 = score the candidates themselves), got {lookahead}")
+        if select_every < 1:
+            raise ValueError(f"BeamSearch.select_every must be >= 1 (1 = select at every step), got {select_every}")
         value = value.for_alpha(0.0)
         self.value = LookaheadValue(value, lookahead) if lookahead else value
         self.beam_width, self.num_candidates, self.lookahead = beam_width, num_candidates, lookahead
+        self.select_every = select_every
 
     def decode_from(self, run: Run, x: State, level: int, generators: list[torch.Generator]) -> State:
         a, k, n = self.beam_width, self.num_candidates, len(generators)
         rows = repeat_each(generators, a)
         beam = Candidates(run, run.initial_state(rows) if level == 0 else repeat_rows(x, a), level)
-        for level in range(level, run.model.num_steps):
+        for level in range(level, run.model.num_steps, self.select_every):
             # 1. K proposals per beam state, A x K per sample, in one batched call
-            proposals = run.propose(beam.x, beam.prediction, level, rows, k)
-            parent = (repeat_rows(beam.x, k), repeat_rows(beam.prediction, k))
-            candidates = Candidates(run, proposals, level + 1, parent=parent, generators=repeat_each(generators, a * k))
+            candidates = expand(run, beam, min(level + self.select_every, run.model.num_steps), rows, k)
             # 2. their values (the reward at the clean level)
             values = soft_value(self.value, candidates).view(n, a * k)
             # 3. the A best distinct candidates of each sample; the single best at the end

@@ -169,12 +169,7 @@ class SVDD(Decoder):
         current = Candidates(run, x, level)
         for level in range(level, model.num_steps, self.select_every):
             # 1. M proposals per sample from the pretrained model, one batched call
-            proposals = run.propose(current.x, current.prediction, level, generators, m)
-            parent = (repeat_rows(current.x, m), repeat_rows(current.prediction, m))
-            candidates = Candidates(run, proposals, level + 1, parent=parent, generators=repeat_each(generators, m))
-            stop = min(level + self.select_every, model.num_steps)
-            if stop > level + 1:  # each candidate goes on alone to the next selection level
-                candidates = advance(run, candidates, stop, spawn_generators(generators, m))
+            candidates = expand(run, current, min(level + self.select_every, model.num_steps), generators, m)
             if m == 1:  # nothing to select: pretrained sampling, no value calls
                 chosen = torch.zeros(len(generators), dtype=torch.long)
             else:
@@ -184,6 +179,19 @@ class SVDD(Decoder):
                 chosen = select_candidates(values, self.alpha, generators)
             current = candidates.take(torch.arange(len(generators), device=chosen.device) * m + chosen)
         return current.x
+
+
+def expand(run: Run, current: Candidates, stop: int, generators: list[torch.Generator], m: int) -> Candidates:
+    """M candidates per row of ``current`` (rows b*M .. b*M+M-1 are row b's) drawn from p_pre up to level
+    ``stop``: one step for all rows in one batched call (row b with ``generators[b]``), then each candidate
+    alone, with its own child generator, to ``stop`` (selection every ``stop - level`` steps)."""
+    level = current.level
+    proposals = run.propose(current.x, current.prediction, level, generators, m)
+    parent = (repeat_rows(current.x, m), repeat_rows(current.prediction, m))
+    candidates = Candidates(run, proposals, level + 1, parent=parent, generators=repeat_each(generators, m))
+    if stop > level + 1:
+        candidates = advance(run, candidates, stop, spawn_generators(generators, m))
+    return candidates
 
 
 def soft_value(value: Value, candidates: Candidates) -> torch.Tensor:

@@ -5,10 +5,10 @@ import math
 
 import torch
 
-from .decoders import Decoder, condition_populations, repeat_each, soft_value
+from .decoders import Decoder, condition_populations, expand, soft_value
 from .run import Candidates, Run
 from .selection import effective_sample_size, resample, select_candidates
-from .state import State, repeat_rows
+from .state import State
 from .value import Value
 
 
@@ -27,10 +27,12 @@ class NestedIS(Decoder):
     number of particles grows, for any M >= 1. The value only changes the variance (M = 1 is SMC with
     the ``difference`` potential). Populations are resampled when their effective sample size falls below
     ``ess_threshold`` x their size, and always at the end. Denoiser calls: about M per particle and level.
+    ``select_every = E`` > 1 selects every E levels, as :class:`~svdd_lightning.SVDD` does: the candidates
+    are E-step pretrained paths and the weights the same, with v at the selection levels only.
     """
 
     def __init__(self, value: Value, num_candidates: int = 10, alpha: float = 1.0, ess_threshold: float = 1.0,
-                 resampling: str = "multinomial", chunk_size: int | None = None) -> None:
+                 resampling: str = "multinomial", select_every: int = 1, chunk_size: int | None = None) -> None:
         super().__init__(chunk_size)
         if num_candidates < 1:
             raise ValueError(f"NestedIS.num_candidates must be >= 1, got {num_candidates}")
@@ -41,7 +43,9 @@ class NestedIS(Decoder):
         if resampling not in ("multinomial", "systematic"):
             raise ValueError(f"NestedIS.resampling must be 'multinomial' or 'systematic', got {resampling!r}")
         self.value, self.num_candidates, self.alpha = value.for_alpha(alpha), num_candidates, alpha
-        self.ess_threshold, self.resampling = ess_threshold, resampling
+        if select_every < 1:
+            raise ValueError(f"NestedIS.select_every must be >= 1 (1 = select at every step), got {select_every}")
+        self.ess_threshold, self.resampling, self.select_every = ess_threshold, resampling, select_every
 
     def decode_from(self, run: Run, x: State, level: int, generators: list[torch.Generator]) -> State:
         n, m, alpha = len(generators), self.num_candidates, self.alpha
@@ -49,18 +53,17 @@ class NestedIS(Decoder):
         current = Candidates(run, x, level, generators=generators)
         value = soft_value(self.value, current).double()  # v of each particle's state
         log_w = torch.zeros(n, dtype=torch.float64)
-        for level in range(level, run.model.num_steps):
+        for level in range(level, run.model.num_steps, self.select_every):
             # 1. SVDD's proposal: M candidates per particle, one kept with probability softmax(v / alpha)
-            proposals = run.propose(current.x, current.prediction, level, generators, m)
-            parent = (repeat_rows(current.x, m), repeat_rows(current.prediction, m))
-            candidates = Candidates(run, proposals, level + 1, parent=parent, generators=repeat_each(generators, m))
+            stop = min(level + self.select_every, run.model.num_steps)
+            candidates = expand(run, current, stop, generators, m)
             values = soft_value(self.value, candidates).double().view(n, m)
             chosen = torch.zeros(n, dtype=torch.long) if m == 1 else select_candidates(values, alpha, generators)
             # 2. the nested importance weight: mean of exp(v / alpha) over the candidates over the old exp(v / alpha)
             log_w += torch.logsumexp(values / alpha, dim=1) - math.log(m) - value / alpha
             current, value = candidates.take(torch.arange(n) * m + chosen), values[torch.arange(n), chosen]
             # 3. resampling within each population
-            ancestors, last = torch.arange(n), level + 1 == run.model.num_steps
+            ancestors, last = torch.arange(n), stop == run.model.num_steps
             for rows in populations:
                 if last or effective_sample_size(log_w[rows]) < self.ess_threshold * len(rows) + 1e-9:
                     ancestors[rows] = rows[resample(log_w[rows], generators[int(rows[0])], self.resampling)]
