@@ -302,3 +302,9 @@ def test_diffusers_draws_are_per_sample_and_counted():
     assert torch.allclose(full.x0["sample"][2], alone.x0["sample"][0], atol=1e-6)
     # SVDD's 2 (T - 1) + 1, plus one more step per draw (2 per candidate) at levels 1 and 2 (none at T - 1)
     assert full.stats.denoiser_calls == 3 * (2 * 3 + 1 + 2 * 2 * 2)
+
+
+def test_chunked_draws_are_the_same_draws(dna):
+    plain = SVDD(PosteriorSamplingValue(3), num_candidates=4, alpha=0.5).sample(dna, gc, generators(6))
+    chunked = SVDD(PosteriorSamplingValue(3), num_candidates=4, alpha=0.5, chunk_size=5).sample(dna, gc, generators(6))
+    assert torch.equal(plain.x0, chunked.x0) and plain.stats == chunked.stats

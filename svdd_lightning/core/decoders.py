@@ -1,4 +1,5 @@
-"""Decoders: pretrained sampling, Best-of-N, SVDD (Algorithm 1), SMC (Algorithm 4) and DPS.
+"""Decoders: pretrained sampling, Best-of-N, SVDD (Algorithm 1), SMC (Algorithm 4) and DPS; beam search,
+nested-IS SMC and refinement live in ``beam.py``, ``nested_is.py`` and ``refinement.py`` on the same helpers.
 
 Every decoder draws one sample per generator; a sample's randomness comes only from its own
 generator (SMC excepted: its particles interact through resampling across the batch).

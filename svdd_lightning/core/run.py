@@ -323,7 +323,8 @@ class Candidates:
                              "passes each row's generator to its Candidates")
         steps = min(num_steps, self.run.model.num_steps - self.level)
         self.run.stats.denoiser_calls += batch_size(self.x) * num_samples * (steps - 1)
-        n, step = batch_size(self.x), self.run.chunk_size or batch_size(self.x)
+        n = batch_size(self.x)
+        step = max((self.run.chunk_size or n * num_samples) // num_samples, 1)  # rows per call, draws included
         return concat_rows([self.run.model.x0_samples(
             slice_rows(self.x, i, min(i + step, n)), slice_rows(self.prediction, i, min(i + step, n)), self.level,
             self.generators[i: i + step], num_samples, steps) for i in range(0, n, step)])
