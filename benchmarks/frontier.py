@@ -201,6 +201,20 @@ def format_table(rows: list[dict], task: Task) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(rows: list[dict], task: Task) -> str:
+    """The rows as a markdown table (for docs/samplers.md)."""
+    extra = [(k, label) for k, label in task.naturalness] + [(k, k) for k in task.evaluation]
+    lines = ["| budget (SVDD-PM M) | method | NFE / sample | reward median | top 10% | reward calls / sample | "
+             "wall s | distinct | " + " | ".join(label for _, label in extra) + " |",
+             "|" + "---|" * (8 + len(extra))]
+    for r in rows:
+        cells = [f"{r[k]:.3f}" if r.get(k) is not None else "–" for k, _ in extra]
+        lines.append(f"| {'–' if r['budget'] is None else r['budget']} | {r['method']} | {r['nfe_per_sample']:.0f} | "
+                     f"{r['median']:.3f} | {r['top10']:.3f} | {r['reward_calls_per_sample']:.0f} | "
+                     f"{r['wall_seconds']:.0f} | {r['distinct_fraction']:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], task: Task, title: str, path: Path, naturalness_path: Path) -> None:
     import matplotlib
 
@@ -288,7 +302,8 @@ def main(argv: list[str] | None = None) -> None:
               "seconds_this_command": round(time.time() - start, 1), "targets": targets(rows), "rows": rows}
     (results / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(rows, task, title, results / f"{stem}.png", results / f"{stem}_naturalness.png")
-    print(f"\n{title}\n{format_table(rows, task)}\n{json.dumps(result['targets'], indent=1)}")
+    print(f"\n{title}\n{format_table(rows, task)}\n\n{markdown_table(rows, task)}\n\n"
+          f"{json.dumps(result['targets'], indent=1)}")
     print(f"written: {results / stem}.json, .png, _naturalness.png")
 
 

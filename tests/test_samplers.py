@@ -22,23 +22,12 @@ from svdd_lightning import (SVDD, BeamSearch, LookaheadValue, NestedIS, Posterio
 from svdd_lightning.core.reward import as_reward
 from svdd_lightning.core.run import Candidates, Run
 from svdd_lightning.diffusion import DilatedConvDenoiser, MaskedDiffusion
-from test_exactness import FAIL, PASS, chi_square_p, hotelling_p, tv
+from test_exactness import ALPHA, FAIL, PASS, chi_square_p, hotelling_p, toy, tv  # noqa: F401 (toy: the fixture)
 from toys import (ExactMaskedChain, ExactValue, FirstCoordinate, GaussianMixtureDDPM, TableReward, generators,
                   make_masked_toy)
 
-ALPHA = 0.5
 
 pytestmark = pytest.mark.usefixtures("inference_mode")
-
-
-@pytest.fixture(scope="module")
-def toy():
-    with torch.inference_mode():
-        model = make_masked_toy()
-        chain = ExactMaskedChain(model)
-    g = torch.Generator().manual_seed(123)
-    reward = TableReward({s: 2 * float(torch.rand((), generator=g)) for s in chain.sequences})
-    return model, chain, reward, chain.soft_values(reward, ALPHA), chain.target(reward, ALPHA)
 
 
 def law_tv(law: torch.Tensor, target: torch.Tensor) -> float:
