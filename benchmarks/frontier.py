@@ -242,6 +242,7 @@ def plot(rows: list[dict], task: Task, title: str, path: Path, naturalness_path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     pre = next((r for r in rows if r["method"] == "pretrained"), None)
     names = [m for m in METHODS if any(r["method"] == m for r in rows)]
@@ -257,6 +258,8 @@ def plot(rows: list[dict], task: Task, title: str, path: Path, naturalness_path:
         if pre is not None:
             ax.plot([pre[x]], [pre[key]], "k*", markersize=11, label="pretrained")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel(f"reward {'median' if key == 'median' else 'top 10%'}")
         ax.grid(alpha=0.3)
