@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     task = TASKS[args.task]
     compare = yaml.safe_load((ROOT / (args.config or task.config)).read_text())
     out = Path(args.output_dir or ROOT / "runs" / f"frontier_{args.task}").resolve()
-    start = time.time()
+    start, ran = time.time(), []
     # pretrained sampling joins the command's first budget job unless a finished job holds it already
     with_pretrained = not any("pretrained" in json.loads(p.read_text()) for p in out.glob("m*/summary.json"))
     for i, m in enumerate(args.budgets):
@@ -316,6 +316,7 @@ def main(argv: list[str] | None = None) -> None:
             if i == 0 and with_pretrained:
                 methods = {"pretrained": _spec("PretrainedSampling"), **methods}
             run_job(derive_config(compare, methods), out / f"m{m}", args.num_samples, args.extra)
+            ran.append(m)
 
     rows = collect(task, out)
     results = Path(args.results_dir)
@@ -323,9 +324,14 @@ def main(argv: list[str] | None = None) -> None:
     stem = f"frontier_{args.task}_{args.accelerator}"
     title = (f"{args.task}: {args.config or task.config}, {sorted({r['n'] for r in rows})} samples per method, "
              f"{args.accelerator}")
-    result = {"task": args.task, "config": args.config or task.config, "extra": args.extra,
+    # every command that wrote this file, with the budgets it decoded (none: it only merged finished jobs)
+    previous = json.loads((results / f"{stem}.json").read_text()) if (results / f"{stem}.json").is_file() else {}
+    commands = previous.get("commands", [])
+    commands.append({"budgets_decoded": ran, "num_samples": args.num_samples, "extra": args.extra,
+                     "seconds": round(time.time() - start, 1)})
+    result = {"task": args.task, "config": args.config or task.config,
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "accelerator": args.accelerator},
-              "seconds_this_command": round(time.time() - start, 1), "targets": targets(rows), "rows": rows}
+              "commands": commands, "targets": targets(rows), "rows": rows}
     (results / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(rows, task, title, results / f"{stem}.png", results / f"{stem}_naturalness.png")
     print(f"\n{title}\n{format_table(rows, task)}\n\n{markdown_table(rows, task)}\n\n"

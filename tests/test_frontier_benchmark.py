@@ -33,6 +33,23 @@ def test_budget_methods_match_svdd_pm_and_instantiate():
         assert built["svdd_pm"].select_every == built["beam"].select_every == task.select_every, name
 
 
+def test_shipped_dna_frontier_config_is_the_benchmark_at_m10():
+    """configs/dna/frontier.yaml builds the same decoders as ``frontier.py --task dna --budgets 10``."""
+    import yaml
+    from jsonargparse import ArgumentParser
+
+    from svdd_lightning.lightning.fingerprint import describe
+
+    parser = ArgumentParser()
+    parser.add_argument("--methods", type=dict[str, Decoder])
+    shipped = yaml.safe_load((ROOT / "configs" / "dna" / "frontier.yaml").read_text())["model"]["methods"]
+    benchmark = {"pretrained": {"class_path": "svdd_lightning.PretrainedSampling"},
+                 **frontier.budget_methods(frontier.TASKS["dna"], 10)}
+    assert list(shipped) == list(benchmark)
+    built = [parser.instantiate_classes(parser.parse_object({"methods": m})).methods for m in (shipped, benchmark)]
+    assert describe(built[0]) == describe(built[1])
+
+
 def test_frontier_end_to_end_on_the_dna_config(tmp_path, capsys):
     paths = build_tiny_checkpoints(tmp_path / "ckpt")
     out, results = tmp_path / "out", tmp_path / "results"
