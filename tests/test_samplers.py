@@ -297,3 +297,28 @@ def test_chunked_draws_are_the_same_draws(dna):
     plain = SVDD(PosteriorSamplingValue(3), num_candidates=4, alpha=0.5).sample(dna, gc, generators(6))
     chunked = SVDD(PosteriorSamplingValue(3), num_candidates=4, alpha=0.5, chunk_size=5).sample(dna, gc, generators(6))
     assert torch.equal(plain.x0, chunked.x0) and plain.stats == chunked.stats
+
+
+# --- on an accelerator (the stand-in device of tests/fake_device.py) ---------------------------------
+def test_new_samplers_on_a_device_match_the_cpu(tmp_path):
+    """Every sampler, its values' networks moved by the decode job (also inside refinement and look-ahead),
+    gives the CPU's rows on a device whose rewards and values stay there."""
+    from test_devices import assert_same_on_the_device
+    from tiny_dna import build_tiny_checkpoints
+
+    from svdd_lightning import NetworkValue, checkpoints
+    from svdd_lightning.lightning.decoding import DecodingModule
+    from svdd_lightning.oracle_reward import OracleReward
+
+    paths = build_tiny_checkpoints(tmp_path)
+
+    def build() -> DecodingModule:
+        network = lambda: NetworkValue(checkpoints.load(paths["value"]))  # noqa: E731
+        methods = {"svdd_ps": SVDD(PosteriorSamplingValue(2), num_candidates=2, alpha=0.5),
+                   "beam": BeamSearch(LookaheadValue(network(), 1), beam_width=2, num_candidates=2),
+                   "nested_is": NestedIS(PosteriorMeanValue(), num_candidates=2, alpha=0.5, ess_threshold=0.5),
+                   "refinement": Refinement(SVDD(network(), 2), rounds=1, noise_level=0.5, acceptance="metropolis")}
+        return DecodingModule(checkpoints.load(paths["mdlm"]), OracleReward(str(paths["reward"])), methods)
+
+    with torch.inference_mode(False):  # the stand-in device needs plain tensors (this module's tests run in inference mode)
+        assert_same_on_the_device(build)

@@ -61,8 +61,9 @@ class BeamSearch(Decoder):
 
 def best_distinct(values: torch.Tensor, x: State, keep: int) -> torch.Tensor:
     """Per row of ``values`` (B, C), the ``keep`` indices of highest value, ties to the first; a candidate
-    equal to a better one of its row comes after every distinct candidate (``x`` holds the B x C rows)."""
-    order = torch.sort(values, dim=1, descending=True, stable=True).indices
+    equal to a better one of its row comes after every distinct candidate (``x`` holds the B x C rows). The
+    choice is made on the host (indices on the CPU), whatever device the values and states are on."""
+    order = torch.sort(values.detach().cpu(), dim=1, descending=True, stable=True).indices
     if keep == 1:
         return order[:, :1]
     leaves, _ = tree_flatten(x)

@@ -56,6 +56,14 @@ class Decoder(ABC):
             raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
         self.chunk_size = chunk_size
 
+    def to(self, device: torch.device | str) -> "Decoder":
+        """Move the networks of the decoder's value, if it has one, to ``device`` (``DecodingModule`` calls it
+        for the run's device); decoders that hold other decoders move theirs too."""
+        value = getattr(self, "value", None)
+        if value is not None:
+            value.to(device)
+        return self
+
     def sample(self, model: DiffusionModel, reward: Reward | RewardFn, generators: Sequence[torch.Generator],
                indices: Sequence[int] | None = None) -> DecodeResult:
         """One sample per generator; row b is sample ``indices[b]`` (default 0, 1, ...), which fixes its

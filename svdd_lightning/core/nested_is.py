@@ -51,13 +51,13 @@ class NestedIS(Decoder):
         n, m, alpha = len(generators), self.num_candidates, self.alpha
         populations = condition_populations(run)
         current = Candidates(run, x, level, generators=generators)
-        value = soft_value(self.value, current).double()  # v of each particle's state
+        value = soft_value(self.value, current).double().cpu()  # v of each particle's state; weights on the host
         log_w = torch.zeros(n, dtype=torch.float64)
         for level in range(level, run.model.num_steps, self.select_every):
             # 1. SVDD's proposal: M candidates per particle, one kept with probability softmax(v / alpha)
             stop = min(level + self.select_every, run.model.num_steps)
             candidates = expand(run, current, stop, generators, m)
-            values = soft_value(self.value, candidates).double().view(n, m)
+            values = soft_value(self.value, candidates).double().cpu().view(n, m)
             chosen = torch.zeros(n, dtype=torch.long) if m == 1 else select_candidates(values, alpha, generators)
             # 2. the nested importance weight: mean of exp(v / alpha) over the candidates over the old exp(v / alpha)
             log_w += torch.logsumexp(values / alpha, dim=1) - math.log(m) - value / alpha

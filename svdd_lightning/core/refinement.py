@@ -54,6 +54,11 @@ class Refinement(Decoder):
         self.decoder, self.initial = decoder, initial or decoder
         self.rounds, self.noise_level, self.acceptance, self.alpha = rounds, noise_level, acceptance, alpha
 
+    def to(self, device: torch.device | str) -> "Refinement":
+        self.decoder.to(device)
+        self.initial.to(device)
+        return self
+
     def renoise_level(self, num_steps: int) -> int:
         """The level k designs are re-noised to (at least one step is re-run)."""
         return min(max(round(num_steps * (1 - self.noise_level)), 0), num_steps - 1)
@@ -61,11 +66,11 @@ class Refinement(Decoder):
     def decode_from(self, run: Run, x: State, level: int, generators: list[torch.Generator]) -> State:
         n, k = len(generators), self.renoise_level(run.model.num_steps)
         x0 = self.initial.decode_from(run, x, level, generators)
-        reward = run.score(x0).double()
+        reward = run.score(x0).double().cpu()  # the acceptance is a host decision
         for _ in range(self.rounds):
             noisy = run.model.forward_noise(x0, k, generators)
             proposal = self.decoder.decode_from(run, noisy, k, generators)
-            new = run.score(proposal).double()
+            new = run.score(proposal).double().cpu()
             if self.acceptance == "greedy":
                 accept = new > reward
             else:

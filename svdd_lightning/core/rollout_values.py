@@ -70,6 +70,10 @@ class LookaheadValue(Value):
             raise ValueError(f"LookaheadValue.steps must be >= 0, got {steps}")
         self.value, self.steps = value, steps
 
+    def to(self, device: torch.device | str) -> "LookaheadValue":
+        self.value.to(device)
+        return self
+
     def for_alpha(self, alpha: float) -> "LookaheadValue":
         return LookaheadValue(self.value.for_alpha(alpha), self.steps)
 

@@ -103,8 +103,12 @@ class MaskedDiffusion(Configurable, DiffusionModel):
 
     def denoise(self, x: torch.Tensor, level: int) -> torch.Tensor:
         """log p(x_0 | x_t) (N, L, V), on the model's device."""
+        return self.denoise_at(x, self.level_time(level))
+
+    def denoise_at(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """log p(x_0 | x_t) (N, L, V) at time ``t`` (any time, not only a level's), on the model's device."""
         device = self._device()
-        return self.log_probs(x.to(device), torch.full((x.shape[0],), self.level_time(level), device=device))
+        return self.log_probs(x.to(device), torch.full((x.shape[0],), t, device=device))
 
     def initial_state(self, generators: Sequence[torch.Generator], conditions: torch.Tensor | None = None) -> torch.Tensor:
         return torch.full((len(generators), self.seq_len), self.mask_id, dtype=torch.long, device=self._device())
@@ -135,13 +139,14 @@ class MaskedDiffusion(Configurable, DiffusionModel):
         factorised p(x_0 | x_t): no denoiser call). With ``num_steps = num_steps - level`` the grid is the
         sampler's own, so the draws are exact samples of p_pre(x_0 | x_k)."""
         n, t = num_samples, self.level_time(level)
-        x, log_p = x.repeat_interleave(n, dim=0), prediction.repeat_interleave(n, dim=0)
+        x, log_p = x.to(prediction.device).repeat_interleave(n, dim=0), prediction.repeat_interleave(n, dim=0)
         rows = [g for g in generators for _ in range(n)]
         for j in range(num_steps):
             s = t * (num_steps - j - 1) / (num_steps - j)
             if j:
-                log_p = self.log_probs(x.to(self._device()), torch.full((x.shape[0],), t)).cpu()
-            u = torch.stack([torch.rand((x.shape[1], 2), generator=g) for g in rows])
+                log_p = self.denoise_at(x, t)
+            # drawn on the CPU from each sample's generator (the same draws on every device), then moved
+            u = torch.stack([torch.rand((x.shape[1], 2), generator=g) for g in rows]).to(log_p.device)
             token = (u[..., 1:] > log_p.exp().cumsum(-1)).sum(-1).clamp_(max=self.vocab_size - 1)
             x = torch.where((x == self.mask_id) & (u[..., 0] >= s / t), token, x)
             t = s

@@ -103,9 +103,7 @@ class DecodingModule(L.LightningModule):
             if callable(getattr(scorer.fn, "to", None)):
                 scorer.fn.to(self.device)
         for decoder in self.methods.values():
-            value = getattr(decoder, "value", None)
-            if callable(getattr(value, "to", None)):  # e.g. NetworkValue's network
-                value.to(self.device)
+            decoder.to(self.device)  # its values' networks (e.g. NetworkValue's), also inside refinement
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, list]:
         indices = [i for i, spare in zip(batch["index"].tolist(), batch["spare"].tolist()) if not spare]

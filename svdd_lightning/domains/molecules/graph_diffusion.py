@@ -235,7 +235,7 @@ class GraphDiffusion(Configurable, DiffusionModel):
         rows, flags, size = [g for g in generators for _ in range(n)], state["flags"], state["flags"].shape[0]
         grid = torch.linspace(self.time(level), 0.0, num_steps + 1).tolist()
         for j in range(num_steps):
-            t = torch.full((size,), grid[j])
+            t = torch.full((size,), grid[j], device=flags.device)
             if j:
                 scores = self._scores(state, t)
             x0 = {key: sde.tweedie(state[key], scores[key], t) for key, sde in (("x", self.x_sde), ("adj", self.adj_sde))}
@@ -245,7 +245,7 @@ class GraphDiffusion(Configurable, DiffusionModel):
             following = {"flags": flags}
             for key, sde in (("x", self.x_sde), ("adj", self.adj_sde)):
                 (m, s), (m_next, s_next) = ((v.view(-1, 1, 1) for v in sde.marginal(u))
-                                            for u in (t, torch.full((size,), grid[j + 1])))
+                                            for u in (t, torch.full((size,), grid[j + 1], device=flags.device)))
                 a = m / m_next  # x_t = a x_next + noise of variance s^2 - a^2 s_next^2
                 var = (s_next**2 * (s**2 - a**2 * s_next**2) / s**2).clamp_min(0)
                 mean = m_next * x0[key] + a * s_next**2 / s**2 * (state[key] - m * x0[key])
