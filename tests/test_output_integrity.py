@@ -6,12 +6,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 import yaml
@@ -115,6 +117,27 @@ def test_rerun_resumes_refuses_changed_settings_and_decodes_added_methods(tiny, 
                                                                        if k[0] != "best_of_n" and k[1] < 4}
     assert sorted(k for k in part_rows(out) if k[0] == "best_of_n") == [("best_of_n", i) for i in range(4)]
     assert yaml.safe_load((out / "config.yaml").read_text())["model"]["methods"]["best_of_n"]["init_args"]["n"] == 3
+
+
+class SigtermAfterFirstBatch(L.Callback):
+    """Sends this process SIGTERM once the first batch is written, as ``kill`` or a scheduler would."""
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_stops_the_run_in_one_line_and_the_rerun_resumes(tiny, tmp_path):
+    """Lightning's predict loop only records SIGTERM: the run itself must stop, keep what it wrote, unlock."""
+    config = write_config(tiny, tmp_path / "c.yaml")
+    assert decode(config, tmp_path / "full") is None
+    out = tmp_path / "out"
+    error = decode(config, out, "--trainer.callbacks+=test_output_integrity.SigtermAfterFirstBatch")
+    assert error is not None and error.startswith("error: stopped by SIGTERM"), error
+    assert sorted(part_rows(out)) == [(m, i) for m in ("best_of_n", "pretrained") for i in (0, 1)]
+    assert not (out / LOCK).exists() and not (out / "samples.csv").exists()
+    assert decode(config, out) is None
+    assert rows(out) == rows(tmp_path / "full")
 
 
 def test_results_without_recorded_settings_are_refused(tiny, tmp_path):

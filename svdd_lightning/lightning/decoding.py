@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from typing import Any, Iterator
 
 import lightning as L
@@ -31,6 +30,13 @@ PARTS = "parts"
 
 class RewardFailure(ValueError):
     """The reward raised on every sample of a batch: a broken reward, not an invalid sample."""
+
+
+class Terminated(ValueError):
+    """The process got SIGTERM (``kill``, ``timeout``, a scheduler's preemption) while decoding.
+
+    Lightning's predict loop only records the signal, so the run checks it after every denoising step
+    and stops there; the batches written so far are kept for the resume."""
 
 
 class DecodingModule(L.LightningModule):
@@ -105,7 +111,19 @@ class DecodingModule(L.LightningModule):
         for decoder in self.methods.values():
             decoder.to(self.device)  # its values' networks (e.g. NetworkValue's), also inside refinement
 
+    def _stop_if_terminated(self) -> None:
+        if self._trainer is not None and getattr(self._trainer, "received_sigterm", False):
+            raise Terminated("stopped by SIGTERM; the batches finished so far are written: run the same command "
+                             "with the same --output_dir to resume")
+
+    def _after_step(self, level: int, num_steps: int) -> None:
+        """After every denoising step: stop on SIGTERM, else move the progress display."""
+        self._stop_if_terminated()
+        if self.progress is not None:
+            self.progress.step(level, num_steps)
+
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, list]:
+        self._stop_if_terminated()
         indices = [i for i, spare in zip(batch["index"].tolist(), batch["spare"].tolist()) if not spare]
         rows, stats = [], []
         progress = self.progress
@@ -118,7 +136,7 @@ class DecodingModule(L.LightningModule):
             calls, errors = self.reward.calls, self.reward.errors
             if progress is not None:
                 progress.method_start(name, len(todo))
-            with observe_steps(progress.step) if progress is not None else nullcontext():
+            with observe_steps(self._after_step):
                 result = decoder.sample(self.model, self.reward, generators, todo)
             if self.reward.calls > calls and self.reward.errors - errors == self.reward.calls - calls:
                 raise RewardFailure(f"reward {self.reward.name} raised on every sample of a batch of {name} "
