@@ -172,15 +172,21 @@ class MaskedDiffusion(Configurable, DiffusionModel):
         return torch.where((x.to(log_p.device) == self.mask_id).unsqueeze(-1), tilted, log_p)
 
     # --- likelihood -----------------------------------------------------------------------------------
-    def nelbo(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Continuous-time NELBO of each sequence at times ``t`` (one per row), in nats."""
+    def noise(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x_t ~ q(x_t | x_0) at continuous times ``t`` (one per row): each token masked with probability mask_prob(t)."""
         mask_prob = self.schedule.mask_prob(t).to(x0.device)
         u = torch.rand(x0.shape, generator=generator).to(x0.device)
-        masked = u < mask_prob.unsqueeze(1)
-        xt = torch.where(masked, self.mask_id, x0)
-        log_p = self.log_probs(xt, t)
+        return torch.where(u < mask_prob.unsqueeze(1), self.mask_id, x0)
+
+    def nelbo(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Continuous-time NELBO of each sequence at times ``t`` (one per row), in nats."""
+        xt = self.noise(x0, t, generator)
+        return self.nelbo_at(x0, xt, t, self.log_probs(xt, t))
+
+    def nelbo_at(self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+        """The NELBO term of ``x0`` at its noised state ``xt``, given ``log_p = log_probs(xt, t)``, in nats."""
         nll = -log_p.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
-        return self.schedule.nelbo_weight(t).to(x0.device) * (nll * masked).sum(-1)
+        return self.schedule.nelbo_weight(t).to(x0.device) * (nll * (xt == self.mask_id)).sum(-1)
 
     @torch.no_grad()
     def elbo(self, x0: torch.Tensor, num_times: int = 32, seed: int = 0) -> torch.Tensor:
