@@ -5,6 +5,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from . import checkpoints
 from .core.model import DiffusionModel
 from .core.reward import Reward, RewardFunction
 from .core.state import State
@@ -44,12 +45,17 @@ class ELBOMetric(SampleMetric):
     Args:
         num_times: Monte-Carlo diffusion times per sample.
         seed: seed of the Monte-Carlo draws of times and masks.
+        model: a checkpoint directory to score under instead of the decoding model, e.g. the
+            original pretrained model when decoding from a fine-tuned one.
     """
 
-    def __init__(self, num_times: int = 16, seed: int = 0) -> None:
+    def __init__(self, num_times: int = 16, seed: int = 0, model: str | None = None) -> None:
         self.num_times, self.seed = num_times, seed
+        self.reference = None if model is None else checkpoints.load(model).requires_grad_(False)
 
     def __call__(self, model: DiffusionModel, x0: State, samples: list) -> torch.Tensor:
+        if self.reference is not None:
+            model = self.reference.to(next(model.parameters()).device)
         elbo = getattr(model, "elbo", None)
         if elbo is None:
             raise TypeError(f"ELBOMetric: {type(model).__name__} has no elbo(x0) method")

@@ -167,7 +167,8 @@ class SequenceRegressorTraining(L.LightningModule):
 
 class ExportBest(L.Callback):
     """Writes the trained module (``model`` or ``network`` attribute) as a safe checkpoint directory
-    (``config.json`` + ``model.safetensors``) whenever the monitored validation metric improves.
+    (``config.json`` + ``model.safetensors``) whenever the monitored validation metric improves; a
+    LightningModule's ``export_metadata()`` dict, if it has one, joins the metadata.
 
     The directory is written whole under a temporary name and then renamed, so a reader never sees a
     half-written export. The best score so far is part of the Lightning checkpoint: a run resumed
@@ -241,6 +242,7 @@ class ExportBest(L.Callback):
         checkpoints.save(module, tmp, metadata={
             self.monitor: value, "epoch": trainer.current_epoch, "global_step": trainer.global_step,
             "train_seconds": self._train_seconds(), "parameters": sum(p.numel() for p in module.parameters()),
+            **getattr(pl_module, "export_metadata", dict)(),  # e.g. how a fine-tuned model was made
         })
         replace_directory(tmp, self.directory)
 

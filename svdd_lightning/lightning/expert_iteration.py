@@ -1,0 +1,132 @@
+"""Expert iteration: rounds of generate -> fine-tune -> generate from the fine-tuned model.
+
+    python finetune.py --config configs/dna/finetune.yaml --rounds 3 [--output_dir DIR] [train.py fit overrides]
+
+The config is a ``train.py fit`` config of one round (:class:`GuidedFineTuning` over a
+:class:`GuidedSamplesDataModule` that generates its samples with a decoder). Round k (1, 2, ...):
+
+1. the decoder draws the fine-tuning set from round k-1's model (round 1: the config's model) into
+   ``DIR/round_<k>/generated`` (decode.py's format: ``samples.csv``, ``summary.json`` with the reward
+   quantiles and the compute per sample);
+2. round k-1's model is fine-tuned on it, anchored to the ORIGINAL model (``model.reference``), and
+   exported to ``DIR/round_<k>/model`` (``decode.py`` loads it like any model);
+3. ``DIR/round_<k>/round.json`` records the round: the set's summary, the fit's metadata, timings.
+
+A round with a ``round.json`` is finished and is skipped: a killed run continues from the last
+finished round (and, inside the round, from the samples already generated). ``--rounds`` is the
+total: ``--rounds 3`` after a run of ``--rounds 2`` does round 3 only. Round k's generation seed is
+the config's ``data.seed`` + k - 1, so rounds do not reuse each other's random numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from .. import checkpoints
+from .cli import _one_line_errors, main_train
+from .rollouts import _atomic_write
+
+ROUND_RECORD = "round.json"
+EXPORT = "svdd_lightning.lightning.training.ExportBest"
+# settings each round sets itself; overriding them for every round would break the chain
+MANAGED = ("model.model", "model.reference", "data.model", "data.cache_dir", "data.seed", "seed_everything",
+           "trainer.default_root_dir", "trainer.callbacks")
+
+
+def round_dir(output_dir: str | Path, k: int) -> Path:
+    return Path(output_dir) / f"round_{k}"
+
+
+def round_config(base: dict, k: int, previous: str, reference: str, directory: Path) -> dict:
+    """The fit config of round k: fine-tune ``previous`` on its own guided samples, anchored to ``reference``."""
+    config = copy.deepcopy(base)
+    model_args, data_args = config["model"]["init_args"], config["data"]["init_args"]
+    model_args.update(model=previous, reference=reference)
+    data_args.update(model=previous, cache_dir=str(directory / "generated"), seed=int(data_args.get("seed", 0)) + k - 1)
+    config["seed_everything"] = int(base.get("seed_everything") or 0) + k - 1
+    trainer = config.setdefault("trainer", {})
+    trainer["default_root_dir"] = str(directory)
+    callbacks = [c for c in trainer.get("callbacks") or [] if c.get("class_path") != EXPORT]
+    exports = [c for c in trainer.get("callbacks") or [] if c.get("class_path") == EXPORT]
+    monitor = exports[0]["init_args"] if exports else {"monitor": "val/loss", "mode": "min"}
+    callbacks.append({"class_path": EXPORT, "init_args": {**monitor, "directory": str(directory / "model")}})
+    trainer["callbacks"] = callbacks
+    return config
+
+
+def _check(base: dict, config: str, extra_args: list[str]) -> None:
+    model, data = base.get("model") or {}, base.get("data") or {}
+    if not str(model.get("class_path", "")).endswith("GuidedFineTuning") or "model" not in model.get("init_args", {}):
+        raise ValueError(f"{config}: model must be svdd_lightning.lightning.finetuning.GuidedFineTuning with init_args.model")
+    if not str(data.get("class_path", "")).endswith("GuidedSamplesDataModule") or not data.get("init_args", {}).get("decoder"):
+        raise ValueError(f"{config}: data must be a GuidedSamplesDataModule with init_args.decoder (each round "
+                         f"generates its samples)")
+    for arg in extra_args:
+        name = arg.split("=")[0].lstrip("-").replace(".init_args", "")
+        if name in MANAGED:
+            raise ValueError(f"{arg.split('=')[0]} is set by each round (from the previous round's model and "
+                             f"--output_dir); change it in the config instead")
+
+
+def expert_iteration(config: str | Path, rounds: int, output_dir: str | Path | None = None,
+                     extra_args: list[str] | tuple[str, ...] = ()) -> list[dict]:
+    """Run (or finish) rounds 1 .. ``rounds`` of expert iteration; returns the rounds' records.
+
+    ``output_dir`` defaults to the config's ``trainer.default_root_dir``; ``extra_args`` are
+    ``train.py fit`` overrides applied to every round (not the settings in ``MANAGED``).
+    """
+    base = yaml.safe_load(Path(config).read_text())
+    extra_args = list(extra_args)
+    _check(base, str(config), extra_args)
+    if rounds < 1:
+        raise ValueError(f"--rounds must be >= 1, got {rounds}")
+    output_dir = Path(output_dir or (base.get("trainer") or {}).get("default_root_dir") or "runs/finetune")
+    start_model = base["model"]["init_args"]["model"]
+    reference = base["model"]["init_args"].get("reference") or start_model
+    previous, records = start_model, []
+    for k in range(1, rounds + 1):
+        directory = round_dir(output_dir, k)
+        record_path = directory / ROUND_RECORD
+        if record_path.is_file():
+            record = json.loads(record_path.read_text())
+            print(f"round {k}: finished earlier ({record_path}), skipped")
+        else:
+            record = _run_round(base, k, previous, reference, directory, extra_args)
+            _atomic_write(record_path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+        records.append(record)
+        previous = record["model"]
+    _atomic_write(output_dir / "rounds.json", lambda tmp: tmp.write_text(json.dumps(records, indent=2) + "\n"))
+    return records
+
+
+def _run_round(base: dict, k: int, previous: str, reference: str, directory: Path, extra_args: list[str]) -> dict:
+    directory.mkdir(parents=True, exist_ok=True)
+    config_path = directory / "config.yaml"
+    config_path.write_text(yaml.safe_dump(round_config(base, k, previous, reference, directory), sort_keys=False))
+    print(f"round {k}: generating from and fine-tuning {previous} -> {directory / 'model'}")
+    start = time.time()
+    main_train(["fit", "--config", str(config_path), *extra_args])
+    export = directory / "model"
+    if not (export / "config.json").is_file():
+        raise RuntimeError(f"round {k}: the fit exported no model to {export}: it needs at least one validation "
+                           f"(trainer.val_check_interval within trainer.max_steps)")
+    generated = directory / "generated" / "summary.json"
+    return {"round": k, "model": str(export), "generated_from": previous, "reference": reference,
+            "generated": json.loads(generated.read_text()), "fit": checkpoints.metadata(export),
+            "seconds": round(time.time() - start, 1)}
+
+
+def main(args: list[str] | None = None) -> list[dict]:
+    """``finetune.py``: the command line of :func:`expert_iteration`; other arguments go to every round's fit."""
+    parser = argparse.ArgumentParser(prog="finetune.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="train.py fit config of one round (GuidedFineTuning)")
+    parser.add_argument("--rounds", type=int, required=True, help="total number of rounds (finished ones are skipped)")
+    parser.add_argument("--output_dir", default=None, help="default: the config's trainer.default_root_dir")
+    known, extra = parser.parse_known_args(args)
+    return _one_line_errors(lambda: expert_iteration(known.config, known.rounds, known.output_dir, extra))
