@@ -181,6 +181,8 @@ def test_fine_tuning_learns_the_guided_samples_and_the_kl_anchor_holds_it_back(t
     assert after > before + 0.2  # the designs were all G/C: so are the fine-tuned model's samples
     kl_free, kl_anchored = (float(m.trainer.callback_metrics["val/kl"]) for m in (free, anchored))
     assert kl_anchored < 0.5 * kl_free
+    with pytest.raises(ValueError, match="ExportBest.directory .* is the model being fine-tuned"):
+        _fit(tiny, run, tiny["mdlm"], steps=1)  # would overwrite the model it starts from
 
 
 def test_mixing_in_original_data(tiny, regions, tmp_path):
@@ -231,3 +233,12 @@ def test_expert_iteration_runs_rounds_and_resumes(tiny, tmp_path):
     assert json.loads((out / "rounds.json").read_text()) == records
     with pytest.raises(ValueError, match="--data.init_args.seed is set by each round"):
         expert_iteration(path, 2, out, ["--data.init_args.seed=4"])
+
+
+def test_finetune_command_bad_config_is_one_line_error(capsys):
+    from svdd_lightning.lightning.expert_iteration import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", "configs/dna/compare.yaml", "--rounds", "1"])
+    assert str(exit_info.value).startswith("error: configs/dna/compare.yaml: model must be "
+                                           "svdd_lightning.lightning.finetuning.GuidedFineTuning")

@@ -167,6 +167,15 @@ class GuidedFineTuning(L.LightningModule):
     def reference(self) -> DiffusionModel:
         return self._reference[0]
 
+    def setup(self, stage: str) -> None:
+        """Refuse an export that would overwrite the model being fine-tuned or the reference."""
+        inputs = {Path(p).resolve() for p in (self.hparams.model, self.hparams.reference) if p}
+        for callback in self.trainer.callbacks:
+            directory = getattr(callback, "directory", None)
+            if directory is not None and Path(directory).resolve() in inputs:
+                raise ValueError(f"{type(callback).__name__}.directory {directory} is the model being fine-tuned or "
+                                 f"its reference; export to a new directory (e.g. under runs/)")
+
     def on_fit_start(self) -> None:
         self.reference.to(self.device).eval()
         self._started = time.time()
