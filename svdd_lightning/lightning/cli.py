@@ -81,7 +81,7 @@ def _shipped_configs(args: list[str] | None) -> list[str] | None:
 # What each command lists in --help: the modules are imported (those of domains whose extra is
 # installed) so that their classes appear among the known subclasses of the config's fields.
 TRAINING_MODULES = (
-    "svdd_lightning.lightning.training", "svdd_lightning.lightning.rollouts",
+    "svdd_lightning.lightning.training", "svdd_lightning.lightning.rollouts", "svdd_lightning.lightning.finetuning",
     "svdd_lightning.domains.dna.data", "svdd_lightning.domains.utr.data",
     "svdd_lightning.domains.molecules.data", "svdd_lightning.domains.molecules.training",
     "svdd_lightning.domains.images.data", "svdd_lightning.domains.images.training",

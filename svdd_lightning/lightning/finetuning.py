@@ -41,10 +41,12 @@ from ..core.decoders import Decoder
 from ..core.model import DiffusionModel
 from ..core.reward import RewardFunction
 from ..diffusion.masked import MaskedDiffusion
-from .decoding import PARTS, DecodingModule, finished_indices
+from ..paths import find
 from .rollouts import _atomic_write
 from .training import _adamw_with_cosine
-from .writer import _append_line, write_outputs
+
+# decode.py's modules (decoding, writer) are imported where used: importing them here would list the
+# decoding LightningModule among train.py's training modules
 
 MANIFEST = "manifest.json"
 SAMPLES_CSV = "samples.csv"
@@ -169,7 +171,7 @@ class GuidedFineTuning(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Refuse an export that would overwrite the model being fine-tuned or the reference."""
-        inputs = {Path(p).resolve() for p in (self.hparams.model, self.hparams.reference) if p}
+        inputs = {find(p).resolve() for p in (self.hparams.model, self.hparams.reference) if p}
         for callback in self.trainer.callbacks:
             directory = getattr(callback, "directory", None)
             if directory is not None and Path(directory).resolve() in inputs:
@@ -248,6 +250,8 @@ def read_decode_run(output_dir: str | Path, method: str | None = None) -> tuple[
 
     ``method`` may be omitted when the run holds one method only.
     """
+    from .decoding import PARTS
+
     path = Path(output_dir) / SAMPLES_CSV
     if not path.is_file():
         hint = (" (its parts/ are there: rerun the decode command to finish and merge them)"
@@ -295,6 +299,9 @@ def generate_guided_samples(model: DiffusionModel, reward: RewardFunction, decod
     generator decode.py would give it (seed, method, i): the same decoder, model, reward and seed in
     ``decode.py predict`` give the same samples. Returns the number of samples decoded.
     """
+    from .decoding import PARTS, DecodingModule, finished_indices
+    from .writer import _append_line
+
     output_dir = Path(output_dir)
     done = finished_indices(output_dir)
     todo = [i for i in indices if i not in done]
@@ -450,8 +457,8 @@ class GuidedSamplesDataModule(L.LightningDataModule):
         return (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
 
     def _manifest(self) -> dict:
-        return {"format": 1, "model": str(Path(self.model_path).resolve()),
-                "model_weights": file_digest(Path(self.model_path) / "model.safetensors"),
+        return {"format": 1, "model": str(find(self.model_path).resolve()),
+                "model_weights": file_digest(find(self.model_path) / "model.safetensors"),
                 "model_args": self.model_args, "decoder": describe(self.decoder), "reward": describe(self.reward),
                 "reward_floor": self.reward_floor, "seed": self.seed, "method": self._gen_method}
 
@@ -470,6 +477,8 @@ class GuidedSamplesDataModule(L.LightningDataModule):
         _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n"))
 
     def _generate(self, model: DiffusionModel) -> None:
+        from .writer import write_outputs
+
         rank, world = self._rank_and_world()
         if rank == 0:
             self._check_manifest()
@@ -490,5 +499,7 @@ class GuidedSamplesDataModule(L.LightningDataModule):
 
 def _stale(directory: Path) -> bool:
     """Whether parts were written after the merged samples.csv (another rank decoded, or a crash after)."""
+    from .decoding import PARTS
+
     csv_time = (directory / SAMPLES_CSV).stat().st_mtime
     return any(p.stat().st_mtime > csv_time for p in (directory / PARTS).glob("*.jsonl"))
