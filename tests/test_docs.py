@@ -12,6 +12,7 @@ The rule (also in docs/getting-started.md, "The test suite"):
     ``srun``): the command line, configs and overrides are parsed and validated in full, every
     ``class_path`` imported, with ``--print_config`` appended (a ``--help`` command runs as written); the decode or training job itself
     (minutes to hours) is not run: its configs and code are run by the pipeline tests on tiny models;
+  * ``python finetune.py``: its ``--config`` is validated as ``train.py fit`` configs are;
   * ``python benchmarks/NAME.py``: the script runs with ``--help`` (it exists, imports, and parses
     its options);
   * ``python -m pytest`` and ``pip install``: the files, directories and extras they name exist
@@ -115,6 +116,8 @@ def check_command(words: list[str], seen: set) -> None:
         run_cli(main_decode, words[1:] if words[0] == "svdd-decode" else words[2:])
     elif words[0] == "svdd-train" or program == "python train.py":
         run_cli(main_train, words[1:] if words[0] == "svdd-train" else words[2:])
+    elif program == "python finetune.py":  # expert iteration: each round is train.py fit on this config
+        run_cli(main_train, ["fit", "--config", words[words.index("--config") + 1]])
     elif words[0] == "python" and words[1].startswith("benchmarks/"):
         script = ROOT / words[1]
         argv = sys.argv
