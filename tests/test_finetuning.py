@@ -112,14 +112,35 @@ def test_reading_a_decode_run_weights_and_splits(tiny, tmp_path):
         GuidedSamplesDataModule(str(tiny["mdlm"]), samples=str(run), decoder=svdd())
 
 
-def test_generated_cache_refuses_other_settings(tiny, tmp_path):
-    args = dict(decoder=svdd(), reward=GCReward(), num_samples=4, val_samples=1, cache_dir=str(tmp_path / "c"),
-                generate_batch_size=4, batch_size=2)
-    GuidedSamplesDataModule(str(tiny["mdlm"]), seed=0, **args).setup("fit")
-    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+def _part_rows(folder: Path) -> list[int]:
+    """The indices of the parts' complete lines (a line cut short by a kill stays, unreadable)."""
+    lines = [line for part in sorted((folder / "parts").glob("*.jsonl")) for line in part.read_text().splitlines()]
+    return [r["index"] for line in lines if line.endswith("}") for r in json.loads(line)["rows"]]
+
+
+def test_generated_cache_resumes_grows_and_refuses_other_settings(tiny, tmp_path):
+    cache = tmp_path / "c"
+    args = dict(decoder=svdd(), reward=GCReward(), val_samples=1, cache_dir=str(cache), generate_batch_size=2,
+                batch_size=2)
+    dm = GuidedSamplesDataModule(str(tiny["mdlm"]), seed=0, num_samples=4, **args)
+    dm.setup("fit")
+    summary = json.loads((cache / "summary.json").read_text())
     assert summary["guided"]["n"] == 4 and summary["guided"]["per_sample"]["denoiser_calls"] > 0
-    with pytest.raises(ValueError, match=r"holds samples made with other settings \(seed: 0 -> 1\)"):
-        GuidedSamplesDataModule(str(tiny["mdlm"]), seed=1, **args).setup("fit")
+    assert len(dm.splits["train"]) == 3 and len(dm.splits["val"]) == 1
+    # a kill in the middle of a batch's line: that batch is decoded again, the rest is kept
+    part = cache / "parts" / "rank0.jsonl"
+    lines = part.read_text().splitlines()
+    part.write_text(lines[0] + "\n" + lines[1][:20])
+    GuidedSamplesDataModule(str(tiny["mdlm"]), seed=0, num_samples=6, **args).setup("fit")
+    assert sorted(_part_rows(cache)) == list(range(6))  # indices 2, 3 again, 4, 5 new; 0, 1 kept
+    grown = GuidedSamplesDataModule(str(tiny["mdlm"]), seed=0, num_samples=6, **args)
+    grown.setup("fit")  # nothing left to decode: the merged set is read
+    assert len(_part_rows(cache)) == 6 and len(grown.splits["train"]) == 5
+    fresh = GuidedSamplesDataModule(str(tiny["mdlm"]), seed=0, num_samples=6, **{**args, "cache_dir": str(tmp_path / "d")})
+    fresh.setup("fit")
+    assert torch.equal(fresh.splits["train"].tensors[0], grown.splits["train"].tensors[0])  # resuming changed nothing
+    with pytest.raises(ValueError, match=r"holds samples of guided made with other settings \(seed: 0 -> 1\)"):
+        GuidedSamplesDataModule(str(tiny["mdlm"]), seed=1, num_samples=4, **args).setup("fit")
 
 
 # --- the objective ------------------------------------------------------------------------------------
@@ -136,8 +157,8 @@ def test_masked_objective_is_the_nelbo_and_a_kl_that_vanishes_at_the_reference(t
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
     model.requires_grad_(True)
-    nelbo, kl = objective.training_losses(model, x0, reference)
-    assert bool((kl > 0).all())
+    nelbo, kl = objective._losses(model, x0, t, reference, torch.Generator().manual_seed(1))
+    assert bool((kl > 0).all())  # both rows have masked positions at t = 0.3 and 0.8 with this noise
     (nelbo.mean() + kl.mean()).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
@@ -231,6 +252,12 @@ def test_expert_iteration_runs_rounds_and_resumes(tiny, tmp_path):
     assert round_2["data"]["init_args"]["seed"] == data["seed"] + 1
     assert checkpoints.metadata(out / "round_2" / "model")["finetuning"]["reference"] == str(tiny["mdlm"])
     assert json.loads((out / "rounds.json").read_text()) == records
+    # a round killed after its export but before its record: it runs again and replaces the export
+    (out / "round_2" / "round.json").unlink()
+    parts = (out / "round_2" / "generated" / "parts" / "rank0.jsonl").read_text()
+    again = expert_iteration(path, 2, out)
+    assert again[0] == records[0] and (out / "round_2" / "round.json").is_file()
+    assert (out / "round_2" / "generated" / "parts" / "rank0.jsonl").read_text() == parts  # its samples were reused
     with pytest.raises(ValueError, match="--data.init_args.seed is set by each round"):
         expert_iteration(path, 2, out, ["--data.init_args.seed=4"])
 
@@ -242,3 +269,55 @@ def test_finetune_command_bad_config_is_one_line_error(capsys):
         main(["--config", "configs/dna/compare.yaml", "--rounds", "1"])
     assert str(exit_info.value).startswith("error: configs/dna/compare.yaml: model must be "
                                            "svdd_lightning.lightning.finetuning.GuidedFineTuning")
+
+
+# --- the command line, end to end ---------------------------------------------------------------------
+@pytest.fixture
+def keep_matmul_precision():
+    """The CLIs set torch's float32 matmul precision from their config: put it back for the other tests."""
+    precision = torch.get_float32_matmul_precision()
+    yield
+    torch.set_float32_matmul_precision(precision)
+
+
+def test_decode_run_to_fine_tuned_model_to_decode(tiny, regions, tmp_path, keep_matmul_precision):
+    """decode.py predict -> train.py fit on its SVDD-PM designs (finetune_from_run.yaml) -> decode.py on the export."""
+    from svdd_lightning.lightning.cli import main_decode, main_train
+    from tiny_dna import decode_args
+
+    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    run = tmp_path / "run"
+    main_decode(decode_args(tiny, run, "--data.num_samples", "8", "--data.batch_size", "8"))
+    base = yaml.safe_load(Path("configs/dna/finetune.yaml").read_text())
+    base["trainer"].update(max_steps=3, val_check_interval=3, limit_val_batches=1, logger=False,
+                           default_root_dir=str(tmp_path / "fit"))
+    base["trainer"]["callbacks"][0]["init_args"]["directory"] = str(tmp_path / "fit" / "model")
+    (tmp_path / "finetune.yaml").write_text(yaml.safe_dump(base))
+    main_train(["fit", "--config", str(tmp_path / "finetune.yaml"), "--config", "configs/dna/finetune_from_run.yaml",
+                "--model.model", str(tiny["mdlm"]), "--data.model", str(tiny["mdlm"]), "--data.samples", str(run),
+                "--data.val_samples", "2", "--data.batch_size", "4",
+                "--data.anchor_data.init_args.path", str(regions), "--data.anchor_data.init_args.batch_size", "4", *quiet])
+    meta = checkpoints.metadata(tmp_path / "fit" / "model")
+    assert meta["finetuning"]["samples"]["method"] == "svdd_pm" and meta["finetuning"]["samples"]["num_train"] == 6
+    assert meta["train_seconds"] > 0 and "val/loss" in meta
+    out = tmp_path / "from_export"
+    main_decode(decode_args(tiny, out, "--data.num_samples", "2", "--model.model", str(tmp_path / "fit" / "model")))
+    rows = read_decode_run(out, "pretrained")
+    assert rows[1] == [0, 1] and all(len(s) == LENGTH for s in rows[2])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model.kl_weight", "-1"], "model.kl_weight and model.data_weight must be >= 0"),
+    (["--data.alpha", "0"], "data.alpha must be > 0"),
+    (["--data.num_samples", "64"], "data.val_samples must be >= 1 and below data.num_samples"),
+    (["--data.cache_dir", "null"], "data.decoder needs data.reward, data.cache_dir and data.num_samples"),
+    (["--data.samples", "results/dna"], "give either data.samples"),
+])
+def test_bad_fine_tuning_settings_are_one_line_errors(tiny, extra, message, keep_matmul_precision):
+    from svdd_lightning.lightning.cli import main_train
+
+    with pytest.raises(SystemExit) as exit_info:
+        main_train(["fit", "--config", "configs/dna/finetune.yaml", "--model.model", str(tiny["mdlm"]),
+                    "--data.model", str(tiny["mdlm"]), *extra])
+    text = str(exit_info.value)
+    assert message in text and "\n" not in text.strip()

@@ -54,7 +54,9 @@ def round_config(base: dict, k: int, previous: str, reference: str, directory: P
     callbacks = [c for c in trainer.get("callbacks") or [] if c.get("class_path") != EXPORT]
     exports = [c for c in trainer.get("callbacks") or [] if c.get("class_path") == EXPORT]
     monitor = exports[0]["init_args"] if exports else {"monitor": "val/loss", "mode": "min"}
-    callbacks.append({"class_path": EXPORT, "init_args": {**monitor, "directory": str(directory / "model")}})
+    # a round without its round.json did not finish: its fit starts again and replaces a partial export
+    callbacks.append({"class_path": EXPORT, "init_args": {**monitor, "directory": str(directory / "model"),
+                                                          "overwrite": True}})
     trainer["callbacks"] = callbacks
     return config
 

@@ -20,7 +20,6 @@ round's search, this is expert iteration (:mod:`svdd_lightning.lightning.expert_
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import sys
@@ -42,13 +41,12 @@ from ..core.model import DiffusionModel
 from ..core.reward import RewardFunction
 from ..diffusion.masked import MaskedDiffusion
 from ..paths import find
-from .rollouts import _atomic_write
+from ..sample_files import sample_files_for
 from .training import _adamw_with_cosine
 
 # decode.py's modules (decoding, writer) are imported where used: importing them here would list the
 # decoding LightningModule among train.py's training modules
 
-MANIFEST = "manifest.json"
 SAMPLES_CSV = "samples.csv"
 
 
@@ -288,57 +286,77 @@ def effective_sample_size(weights: Tensor) -> float:
     return float(w.sum() ** 2 / (w ** 2).sum())
 
 
+def cache_fingerprint(module: Any, method: str, output_dir: Path, record: bool = True) -> str:
+    """The settings digest of ``method`` as decode.py records it, checked against ``output_dir``'s record.
+
+    A folder holding ``method``'s samples made with other settings is a one-line refusal naming the
+    differences; with ``record``, a folder without a record of ``method`` gets one (decode.py's
+    fingerprints.json).
+    """
+    from .fingerprint import differences, digest
+    from .writer import read_fingerprints, write_fingerprints
+
+    settings = module.method_settings()[method]
+    fingerprint = digest(settings)
+    recorded = read_fingerprints(output_dir)
+    if method in recorded and recorded[method]["digest"] != fingerprint:
+        raise ValueError(f"data.cache_dir {output_dir} holds samples of {method} made with other settings "
+                         f"({differences(recorded[method]['settings'], settings)}); use a new cache_dir")
+    if record and method not in recorded:
+        write_fingerprints(output_dir, {**recorded, method: {"digest": fingerprint, "settings": settings}})
+    return fingerprint
+
+
 @torch.no_grad()
 def generate_guided_samples(model: DiffusionModel, reward: RewardFunction, decoder: Decoder, output_dir: str | Path,
                             indices: list[int], seed: int, method: str = "guided", reward_floor: float = 0.0,
                             batch_size: int = 32, rank: int = 0, world_size: int = 1) -> int:
     """Decode the samples ``indices`` missing from ``output_dir`` with ``decoder``, this rank's share.
 
-    Writes decode.py's parts (``parts/rank<R>.jsonl``, one line per finished batch), so a killed run
-    resumes and :func:`~svdd_lightning.lightning.writer.write_outputs` merges them. Sample i uses the
-    generator decode.py would give it (seed, method, i): the same decoder, model, reward and seed in
-    ``decode.py predict`` give the same samples. Returns the number of samples decoded.
+    ``output_dir`` is a decode.py output folder: the method's settings fingerprint (fingerprints.json),
+    one line per finished batch in ``parts/rank<R>.jsonl`` (a killed run resumes), merged into
+    ``samples.csv`` and ``summary.json`` by rank 0 once every rank is done (see
+    :class:`GuidedSamplesDataModule`). Sample i uses the generator decode.py would give it (seed, method,
+    i): ``decode.py predict`` with the same model, reward, floor, seed and method (and no metrics) gives
+    the same samples, and could resume this folder. Returns the number of samples decoded.
     """
-    from .decoding import PARTS, DecodingModule, finished_indices
-    from .writer import _append_line
+    from .decoding import PARTS, DecodingModule
+    from .folders import check_writable
+    from .writer import _append_line, finished_samples
 
     output_dir = Path(output_dir)
-    done = finished_indices(output_dir)
+    check_writable(output_dir, "data.cache_dir")
+    device = next(model.parameters()).device
+    module = DecodingModule(model, reward, {method: decoder}, reward_floor=reward_floor, seed=seed).to(device)
+    # rank 0 records the fingerprint; the others only check it (a rank that reads before the record
+    # is written finds nothing to refuse, and writes nothing)
+    fingerprint = cache_fingerprint(module, method, output_dir, record=rank == 0)
+    done = finished_samples(output_dir, {method: fingerprint}).get(method, set())
     todo = [i for i in indices if i not in done]
     batches = [todo[k: k + batch_size] for k in range(0, len(todo), batch_size)][rank::world_size]
     if not batches:
         return 0
-    device = next(model.parameters()).device
-    module = DecodingModule(model, reward, {method: decoder}, reward_floor=reward_floor, seed=seed).to(device)
+    files = sample_files_for(model)
     module.on_predict_start()
-    (output_dir / PARTS).mkdir(parents=True, exist_ok=True)
-    start, count = time.perf_counter(), 0
+    start, count, total = time.perf_counter(), 0, sum(map(len, batches))
     for batch in batches:
         prediction = module.predict_step({"index": torch.tensor(batch), "spare": torch.zeros(len(batch), dtype=torch.bool)}, 0)
-        _append_line(output_dir / PARTS / f"rank{rank}.jsonl", json.dumps(prediction))
+        rows = [{**r, "sample": files.encode(r["sample"])} for r in prediction["rows"]]
+        stats = [{**s, "fingerprint": fingerprint} for s in prediction["stats"]]
+        _append_line(output_dir / PARTS / f"rank{rank}.jsonl", json.dumps({"rows": rows, "stats": stats}))
         count += len(batch)
         seconds = time.perf_counter() - start
-        print(f"guided samples ({method}): {count}/{sum(map(len, batches))} of rank {rank} in {seconds:.0f} s "
+        print(f"guided samples ({method}): {count}/{total} of rank {rank} in {seconds:.0f} s "
               f"({seconds / count:.2f} s/sample)", file=sys.stderr, flush=True)
     return count
 
 
-def describe(obj: Any) -> Any:
-    """A JSON-able description of a configured object (class and public attributes), for manifests."""
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, (list, tuple)):
-        return [describe(v) for v in obj]
-    if isinstance(obj, dict):
-        return {str(k): describe(v) for k, v in obj.items()}
-    if isinstance(obj, (torch.nn.Module, Tensor)):
-        return type(obj).__name__
-    attributes = {k: describe(v) for k, v in vars(obj).items() if not k.startswith("_")} if hasattr(obj, "__dict__") else {}
-    return {"class": f"{type(obj).__module__}.{type(obj).__qualname__}", **attributes}
+def merge_guided_samples(model: DiffusionModel, output_dir: str | Path, method: str, fingerprint: str,
+                         num_samples: int) -> dict:
+    """Merge the parts of ``output_dir`` into decode.py's outputs (samples 0 .. num_samples-1 of ``method``)."""
+    from .writer import write_outputs
 
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return write_outputs(Path(output_dir), [], {}, {}, sample_files_for(model), {method: fingerprint}, num_samples)
 
 
 class GuidedSamplesDataModule(L.LightningDataModule):
@@ -346,11 +364,12 @@ class GuidedSamplesDataModule(L.LightningDataModule):
 
     The samples come from ``samples``, the output directory of a ``decode.py predict`` run (its
     ``samples.csv``, rows of ``method``), or are generated by ``decoder`` from the ``model``
-    checkpoint into ``cache_dir`` in the same format (``samples.csv``, ``summary.json`` with reward
-    quantiles and compute per sample, ``parts/`` while it runs: a killed run resumes, and rerunning
-    with more ``num_samples`` decodes only the new ones). Sample i is seeded from (seed, method, i)
-    alone, for any batch size, resume point or number of processes. Under DDP every rank decodes its
-    share, then all read the merged set (``cache_dir`` must be on a shared file system).
+    checkpoint into ``cache_dir``, a decode.py output folder (``samples.csv``, ``summary.json`` with
+    reward quantiles and compute per sample, ``parts/`` written as batches finish: a killed run
+    resumes, and rerunning with more ``num_samples`` decodes only the new ones; ``fingerprints.json``:
+    a cache made with other settings is refused). Sample i is seeded from (seed, method, i) alone, for
+    any batch size, resume point or number of processes. Under DDP every rank decodes its share, then
+    all read the merged set (``cache_dir`` must be on a shared file system).
 
     The samples with the ``val_samples`` lowest indices are held out for validation; the training
     rows get weights exp(r / alpha) normalised to mean 1 (``alpha`` None: uniform).
@@ -456,45 +475,26 @@ class GuidedSamplesDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
 
-    def _manifest(self) -> dict:
-        return {"format": 1, "model": str(find(self.model_path).resolve()),
-                "model_weights": file_digest(find(self.model_path) / "model.safetensors"),
-                "model_args": self.model_args, "decoder": describe(self.decoder), "reward": describe(self.reward),
-                "reward_floor": self.reward_floor, "seed": self.seed, "method": self._gen_method}
-
-    def _check_manifest(self) -> None:
-        """Write the cache's manifest, or check that its samples were made with the same settings."""
-        path, expected = self.cache_dir / MANIFEST, self._manifest()
-        if path.is_file():
-            found = json.loads(path.read_text())
-            changed = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
-            if changed:
-                diff = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-                raise ValueError(f"data.cache_dir {self.cache_dir} holds samples made with other settings ({diff}); "
-                                 f"use a new cache_dir")
-            return
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n"))
-
     def _generate(self, model: DiffusionModel) -> None:
-        from .writer import write_outputs
+        """Decode the missing samples (every rank its share), then merge them on rank 0."""
+        from .decoding import DecodingModule
 
         rank, world = self._rank_and_world()
-        if rank == 0:
-            self._check_manifest()
-        if world > 1:
-            self.trainer.strategy.barrier()
-            self._check_manifest()
+        barrier = self.trainer.strategy.barrier if world > 1 else (lambda: None)
+        method = self._gen_method
+        decoding = DecodingModule(model, self.reward, {method: self.decoder}, reward_floor=self.reward_floor, seed=self.seed)
+        if rank == 0:  # records the settings (or refuses other ones) before any rank decodes
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            cache_fingerprint(decoding, method, self.cache_dir)
+        barrier()
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        generate_guided_samples(model.to(device), self.reward, self.decoder, self.cache_dir,
-                                          list(range(self.num_samples)), self.seed, self._gen_method,
-                                          self.reward_floor, self.generate_batch_size, rank, world)
-        if world > 1:
-            self.trainer.strategy.barrier()
+        generate_guided_samples(model.to(device), self.reward, self.decoder, self.cache_dir, list(range(self.num_samples)),
+                                self.seed, method, self.reward_floor, self.generate_batch_size, rank, world)
+        barrier()
         if rank == 0 and (not (self.cache_dir / SAMPLES_CSV).is_file() or _stale(self.cache_dir)):
-            write_outputs(self.cache_dir, [], {}, {})
-        if world > 1:
-            self.trainer.strategy.barrier()
+            fingerprint = cache_fingerprint(decoding, method, self.cache_dir, record=False)
+            merge_guided_samples(model, self.cache_dir, method, fingerprint, self.num_samples)
+        barrier()
 
 
 def _stale(directory: Path) -> bool:
