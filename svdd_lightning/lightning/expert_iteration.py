@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from .. import checkpoints
+from ..paths import find
 from .cli import _one_line_errors, main_train
 from .rollouts import _atomic_write
 
@@ -82,7 +83,10 @@ def expert_iteration(config: str | Path, rounds: int, output_dir: str | Path | N
     ``output_dir`` defaults to the config's ``trainer.default_root_dir``; ``extra_args`` are
     ``train.py fit`` overrides applied to every round (not the settings in ``MANAGED``).
     """
-    base = yaml.safe_load(Path(config).read_text())
+    config = find(config)  # a shipped config from any working directory, as train.py finds them
+    if not config.is_file():
+        raise FileNotFoundError(f"--config: no file {config}")
+    base = yaml.safe_load(config.read_text())
     extra_args = list(extra_args)
     _check(base, str(config), extra_args)
     if rounds < 1:
@@ -123,12 +127,22 @@ def _run_round(base: dict, k: int, previous: str, reference: str, directory: Pat
             "seconds": round(time.time() - start, 1)}
 
 
-def main(args: list[str] | None = None) -> list[dict]:
-    """``finetune.py``: the command line of :func:`expert_iteration`; other arguments go to every round's fit."""
+def parser() -> argparse.ArgumentParser:
+    """The options of ``finetune.py``; the arguments it does not know are ``train.py fit`` overrides."""
     parser = argparse.ArgumentParser(prog="finetune.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="train.py fit config of one round (GuidedFineTuning)")
     parser.add_argument("--rounds", type=int, required=True, help="total number of rounds (finished ones are skipped)")
     parser.add_argument("--output_dir", default=None, help="default: the config's trainer.default_root_dir")
-    known, extra = parser.parse_known_args(args)
+    return parser
+
+
+def main(args: list[str] | None = None) -> list[dict]:
+    """``finetune.py``: the command line of :func:`expert_iteration`; other arguments go to every round's fit."""
+    known, extra = parser().parse_known_args(args)
     return _one_line_errors(lambda: expert_iteration(known.config, known.rounds, known.output_dir, extra))
+
+
+def command() -> None:
+    """The ``svdd-finetune`` console script (``finetune.py``)."""
+    main()
