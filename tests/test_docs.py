@@ -12,7 +12,8 @@ The rule (also in docs/getting-started.md, "The test suite"):
     ``srun``): the command line, configs and overrides are parsed and validated in full, every
     ``class_path`` imported, with ``--print_config`` appended (a ``--help`` command runs as written); the decode or training job itself
     (minutes to hours) is not run: its configs and code are run by the pipeline tests on tiny models;
-  * ``python finetune.py``: its ``--config`` is validated as ``train.py fit`` configs are;
+  * ``python finetune.py``/``svdd-finetune``: its options are parsed, and its ``--config`` with the
+    overrides is validated as a ``train.py fit`` command is;
   * ``python benchmarks/NAME.py``: the script runs with ``--help`` (it exists, imports, and parses
     its options);
   * ``python -m pytest`` and ``pip install``: the files, directories and extras they name exist
@@ -38,6 +39,7 @@ import pytest
 import torch
 
 from svdd_lightning.lightning.cli import main_decode, main_train
+from svdd_lightning.lightning.expert_iteration import parser as finetune_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "peptide_svdd"
@@ -116,8 +118,9 @@ def check_command(words: list[str], seen: set) -> None:
         run_cli(main_decode, words[1:] if words[0] == "svdd-decode" else words[2:])
     elif words[0] == "svdd-train" or program == "python train.py":
         run_cli(main_train, words[1:] if words[0] == "svdd-train" else words[2:])
-    elif program == "python finetune.py":  # expert iteration: each round is train.py fit on this config
-        run_cli(main_train, ["fit", "--config", words[words.index("--config") + 1]])
+    elif words[0] == "svdd-finetune" or program == "python finetune.py":  # each round is a train.py fit
+        known, overrides = finetune_parser().parse_known_args(words[1:] if words[0] == "svdd-finetune" else words[2:])
+        run_cli(main_train, ["fit", "--config", known.config, *overrides])
     elif words[0] == "python" and words[1].startswith("benchmarks/"):
         script = ROOT / words[1]
         argv = sys.argv
