@@ -286,8 +286,21 @@ def test_decode_run_to_fine_tuned_model_to_decode(tiny, regions, tmp_path, keep_
     from tiny_dna import decode_args
 
     quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    # the compare job reduced to pretrained sampling and SVDD-PM (the method fine-tuned on)
+    compare = yaml.safe_load(Path("configs/dna/compare.yaml").read_text())
+    compare["model"]["methods"] = {m: compare["model"]["methods"][m] for m in ("pretrained", "svdd_pm")}
+    (tmp_path / "compare.yaml").write_text(yaml.safe_dump(compare))
+
+    def decode(out, *extra):
+        args = decode_args(tiny, out, *extra)
+        args[args.index("configs/dna/compare.yaml")] = str(tmp_path / "compare.yaml")
+        for dropped in ("--model.methods.best_of_n.init_args.n", "--model.methods.svdd_mc.init_args.num_candidates",
+                        "--model.methods.svdd_mc.init_args.value.init_args.network"):
+            del args[args.index(dropped):args.index(dropped) + 2]
+        main_decode(args)
+
     run = tmp_path / "run"
-    main_decode(decode_args(tiny, run, "--data.num_samples", "8", "--data.batch_size", "8"))
+    decode(run, "--data.num_samples", "8", "--data.batch_size", "8")
     base = yaml.safe_load(Path("configs/dna/finetune.yaml").read_text())
     base["trainer"].update(max_steps=3, val_check_interval=3, limit_val_batches=1, logger=False,
                            default_root_dir=str(tmp_path / "fit"))
@@ -301,7 +314,7 @@ def test_decode_run_to_fine_tuned_model_to_decode(tiny, regions, tmp_path, keep_
     assert meta["finetuning"]["samples"]["method"] == "svdd_pm" and meta["finetuning"]["samples"]["num_train"] == 6
     assert meta["train_seconds"] > 0 and "val/loss" in meta
     out = tmp_path / "from_export"
-    main_decode(decode_args(tiny, out, "--data.num_samples", "2", "--model.model", str(tmp_path / "fit" / "model")))
+    decode(out, "--data.num_samples", "2", "--model.model", str(tmp_path / "fit" / "model"))
     rows = read_decode_run(out, "pretrained")
     assert rows[1] == [0, 1] and all(len(s) == LENGTH for s in rows[2])
 
@@ -309,7 +322,7 @@ def test_decode_run_to_fine_tuned_model_to_decode(tiny, regions, tmp_path, keep_
 @pytest.mark.parametrize("extra, message", [
     (["--model.kl_weight", "-1"], "model.kl_weight and model.data_weight must be >= 0"),
     (["--data.alpha", "0"], "data.alpha must be > 0"),
-    (["--data.num_samples", "64"], "data.val_samples must be >= 1 and below data.num_samples"),
+    (["--data.num_samples", "32"], "data.val_samples must be >= 1 and below data.num_samples"),
     (["--data.cache_dir", "null"], "data.decoder needs data.reward, data.cache_dir and data.num_samples"),
     (["--data.samples", "results/dna"], "give either data.samples"),
 ])
