@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from tiny_dna import ROOT, build_tiny_checkpoints
+from tiny_dna import ROOT, build_tiny_checkpoints, tiny_overrides
 
 _spec = importlib.util.spec_from_file_location("ablate_m", ROOT / "benchmarks" / "ablate_m.py")
 ablate_m = importlib.util.module_from_spec(_spec)
@@ -71,11 +71,7 @@ def test_ablate_m_end_to_end_on_the_dna_config(tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["--config", "configs/dna/compare.yaml", "--method", "svdd_pm", "--m", "1", "2", "--num_samples", "2",
             "--output_dir", str(out), "--baseline", "pretrained", "--extra",
-            "--model.model", str(paths["mdlm"]), "--model.reward.init_args.checkpoint", str(paths["reward"]),
-            "--model.metrics.eval_oracle.init_args.fn.init_args.checkpoint", str(paths["eval"]),
-            "--model.metrics.elbo.init_args.num_times", "2",
-            "--writer.set_metrics.3mer_pearson.init_args.reference", str(paths["reference"]),
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+            *tiny_overrides(paths)]
     ablate_m.main(argv)
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"svdd_pm_m1", "svdd_pm_m2", "pretrained"}

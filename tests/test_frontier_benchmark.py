@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from svdd_lightning import SVDD, BeamSearch, BestOfN, Decoder, NestedIS, Refinement
-from tiny_dna import ROOT, build_tiny_checkpoints
+from tiny_dna import ROOT, build_tiny_checkpoints, tiny_overrides
 
 _spec = importlib.util.spec_from_file_location("frontier", ROOT / "benchmarks" / "frontier.py")
 frontier = importlib.util.module_from_spec(_spec)
@@ -55,11 +55,7 @@ def test_frontier_end_to_end_on_the_dna_config(tmp_path, capsys):
     out, results = tmp_path / "out", tmp_path / "results"
     argv = ["--task", "dna", "--budgets", "2", "--num-samples", "2", "--output-dir", str(out),
             "--results-dir", str(results), "--extra",
-            "--model.model", str(paths["mdlm"]), "--model.reward.init_args.checkpoint", str(paths["reward"]),
-            "--model.metrics.eval_oracle.init_args.fn.init_args.checkpoint", str(paths["eval"]),
-            "--model.metrics.elbo.init_args.num_times", "2",
-            "--writer.set_metrics.3mer_pearson.init_args.reference", str(paths["reference"]),
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+            *tiny_overrides(paths)]
     frontier.main(argv)
     result = json.loads((results / "frontier_dna_cpu.json").read_text())
     assert [(r["method"], r["budget"]) for r in result["rows"]] == [("pretrained", None)] + [

@@ -53,19 +53,24 @@ def write_regions(path: Path) -> Path:
     return path
 
 
-def decode_args(paths: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    """``decode.py predict`` on configs/dna/compare.yaml with the tiny checkpoints and small settings."""
-    return ["predict", "--config", "configs/dna/compare.yaml", "--output_dir", str(out),
-            "--model.model", str(paths["mdlm"]),
+def tiny_overrides(paths: dict[str, Path]) -> list[str]:
+    """Overrides of configs/dna/compare.yaml that swap in the tiny checkpoints (model, reward, evaluation
+    oracle, 3-mer reference) and quiet the trainer; the config's methods are left as they are."""
+    return ["--model.model", str(paths["mdlm"]),
             "--model.reward.init_args.checkpoint", str(paths["reward"]),
             "--model.metrics.eval_oracle.init_args.fn.init_args.checkpoint", str(paths["eval"]),
             "--model.metrics.elbo.init_args.num_times", "2",
+            "--writer.set_metrics.3mer_pearson.init_args.reference", str(paths["reference"]),
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def decode_args(paths: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    """``decode.py predict`` on configs/dna/compare.yaml with the tiny checkpoints and small settings."""
+    return ["predict", "--config", "configs/dna/compare.yaml", "--output_dir", str(out), *tiny_overrides(paths),
             "--model.methods.best_of_n.init_args.n", "3",
             "--model.methods.svdd_pm.init_args.num_candidates", "3",
             "--model.methods.svdd_mc.init_args.num_candidates", "3",
-            "--model.methods.svdd_mc.init_args.value.init_args.network", str(paths["value"]),
-            "--writer.set_metrics.3mer_pearson.init_args.reference", str(paths["reference"]),
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra]
+            "--model.methods.svdd_mc.init_args.value.init_args.network", str(paths["value"]), *extra]
 
 
 def run_cli(script: str, *args: str) -> subprocess.CompletedProcess:
