@@ -36,6 +36,24 @@ def _adamw_with_cosine(module: L.LightningModule, lr: float, weight_decay: float
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+class TrainingModule(L.LightningModule):
+    """Base of the project's training modules: validation and test both run ``evaluate(batch, batch_idx,
+    stage)`` with stage "val" or "test", and the optimiser is :func:`_adamw_with_cosine` with the
+    ``lr``, ``weight_decay`` and ``warmup_steps`` hyperparameters."""
+
+    def evaluate(self, batch, batch_idx: int, stage: str) -> None:
+        raise NotImplementedError
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.evaluate(batch, batch_idx, "test")
+
+    def configure_optimizers(self):
+        return _adamw_with_cosine(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps)
+
+
 def exponential_moving_average(module: nn.Module, decay: float, warmup: bool = False) -> AveragedModel:
     """A frozen exponential moving average of ``module``'s parameters: torch's ``AveragedModel`` (the
     averaging behind Lightning's ``EMAWeightAveraging``), starting from ``module``'s current weights.
@@ -55,7 +73,7 @@ def exponential_moving_average(module: nn.Module, decay: float, warmup: bool = F
     return ema.requires_grad_(False)
 
 
-class MaskedDiffusionPretraining(L.LightningModule):
+class MaskedDiffusionPretraining(TrainingModule):
     """Trains a :class:`MaskedDiffusion` by its continuous-time NELBO (MDLM), logged in bits/token."""
 
     def __init__(self, model: MaskedDiffusion, lr: float = 2e-3, weight_decay: float = 0.0,
@@ -73,7 +91,7 @@ class MaskedDiffusionPretraining(L.LightningModule):
         self.log("train/nelbo_bpt", loss, prog_bar=True)
         return loss
 
-    def _eval_step(self, batch, stage: str) -> None:
+    def evaluate(self, batch, batch_idx: int, stage: str) -> None:
         tokens, _ = batch
         generator = torch.Generator().manual_seed(0)
         n = self.hparams.val_times
@@ -82,17 +100,8 @@ class MaskedDiffusionPretraining(L.LightningModule):
                            for t in times]).mean()
         self.log(f"{stage}/nelbo_bpt", bpt, prog_bar=True, batch_size=tokens.shape[0], sync_dist=True)
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def configure_optimizers(self):
-        return _adamw_with_cosine(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps)
-
-
-class SequenceClassifierTraining(L.LightningModule):
+class SequenceClassifierTraining(TrainingModule):
     """Trains a one-logit network on (tokens, label) with BCE; reports AUROC on validation and test."""
 
     def __init__(self, network: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-2,
@@ -109,25 +118,17 @@ class SequenceClassifierTraining(L.LightningModule):
         self.log("train/bce", loss, prog_bar=True)
         return loss
 
-    def _eval_step(self, batch, metric: BinaryAUROC, stage: str) -> None:
+    def evaluate(self, batch, batch_idx: int, stage: str) -> None:
         tokens, labels = batch
         logits = self.network(tokens)
+        metric = self.val_auroc if stage == "val" else self.test_auroc
         metric.update(logits, labels.long())
         self.log(f"{stage}/bce", F.binary_cross_entropy_with_logits(logits, labels), batch_size=len(labels),
                  sync_dist=True)
         self.log(f"{stage}/auroc", metric, prog_bar=True)
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_auroc, "val")
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_auroc, "test")
-
-    def configure_optimizers(self):
-        return _adamw_with_cosine(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps)
-
-
-class SequenceRegressorTraining(L.LightningModule):
+class SequenceRegressorTraining(TrainingModule):
     """Trains a one-output network on (input, target) by MSE; reports Pearson and Spearman r on
     validation and test (e.g. a mean-ribosome-load oracle on tokens, or an image reward proxy)."""
 
@@ -146,7 +147,7 @@ class SequenceRegressorTraining(L.LightningModule):
         self.log("train/mse", loss, prog_bar=True)
         return loss
 
-    def _eval_step(self, batch, stage: str) -> None:
+    def evaluate(self, batch, batch_idx: int, stage: str) -> None:
         tokens, targets = batch
         pred = self.network(tokens)
         self.log(f"{stage}/mse", F.mse_loss(pred, targets), batch_size=len(targets), sync_dist=True)
@@ -154,15 +155,6 @@ class SequenceRegressorTraining(L.LightningModule):
             metric = self.metrics[f"{stage}_{name}"]
             metric.update(pred, targets)
             self.log(f"{stage}/{name}", metric, prog_bar=True)
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def configure_optimizers(self):
-        return _adamw_with_cosine(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps)
 
 
 class ExportBest(L.Callback):

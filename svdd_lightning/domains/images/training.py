@@ -3,13 +3,12 @@ sampling), and the digit classifier behind the classifier reward."""
 from __future__ import annotations
 
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from ...lightning.training import _adamw_with_cosine, exponential_moving_average
+from ...lightning.training import TrainingModule, exponential_moving_average
 from .diffusers_model import DiffusersDiffusion
 
 
@@ -27,7 +26,7 @@ def denoising_loss(model: DiffusersDiffusion, x0: torch.Tensor, timesteps: torch
     return F.mse_loss(output[:, :x0.shape[1]], target)
 
 
-class DenoisingPretraining(L.LightningModule):
+class DenoisingPretraining(TrainingModule):
     """Trains a :class:`DiffusersDiffusion`'s UNet by the DDPM loss with an exponential moving average.
 
     ``model`` holds the EMA weights (validated, exported and sampled; the decay warms up from 0.1 to
@@ -63,7 +62,7 @@ class DenoisingPretraining(L.LightningModule):
         """EMA update with diffusers' warm-up: decay min(ema_decay, (1 + n) / (10 + n)) at the n-th step."""
         self.ema.update_parameters(self.online)
 
-    def _eval_step(self, batch, batch_idx: int, stage: str) -> None:
+    def evaluate(self, batch, batch_idx: int, stage: str) -> None:
         images, labels = batch
         generator = torch.Generator().manual_seed(batch_idx)
         num_train = self.model.scheduler.config.num_train_timesteps
@@ -75,18 +74,8 @@ class DenoisingPretraining(L.LightningModule):
             losses.append(denoising_loss(self.model, images, t, noise, self._labels(self.model, labels)))
         self.log(f"{stage}/loss", torch.stack(losses).mean(), prog_bar=True, batch_size=len(images), sync_dist=True)
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, batch_idx, "val")
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, batch_idx, "test")
-
-    def configure_optimizers(self):
-        # the EMA copy never has gradients, so the optimiser steps only ``online``
-        return _adamw_with_cosine(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps)
-
-
-class ImageClassifierTraining(L.LightningModule):
+class ImageClassifierTraining(TrainingModule):
     """Trains a classifier (logits (B, num_classes)) on (image, label) by cross-entropy; reports accuracy."""
 
     def __init__(self, network: nn.Module, num_classes: int = 10, lr: float = 2e-3, weight_decay: float = 1e-2,
@@ -102,18 +91,9 @@ class ImageClassifierTraining(L.LightningModule):
         self.log("train/cross_entropy", loss, prog_bar=True, batch_size=len(labels))
         return loss
 
-    def _eval_step(self, batch, stage: str) -> None:
+    def evaluate(self, batch, batch_idx: int, stage: str) -> None:
         images, labels = batch
         logits = self.network(images)
         self.accuracy[stage].update(logits, labels)
         self.log(f"{stage}/cross_entropy", F.cross_entropy(logits, labels), batch_size=len(labels), sync_dist=True)
         self.log(f"{stage}/accuracy", self.accuracy[stage], prog_bar=True)
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def configure_optimizers(self):
-        return _adamw_with_cosine(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps)

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 
-import lightning as L
 import torch
 
-from ...lightning.training import _adamw_with_cosine, exponential_moving_average
+from ...lightning.training import TrainingModule, exponential_moving_average
 from .graph_diffusion import GraphDiffusion, mask_adjacency, mask_nodes, symmetric_noise
 from .sde import VPSDE
 
@@ -35,7 +34,7 @@ def score_matching_loss(model: GraphDiffusion, x: torch.Tensor, adj: torch.Tenso
     return losses[0], losses[1]
 
 
-class GraphScorePretraining(L.LightningModule):
+class GraphScorePretraining(TrainingModule):
     """Trains a :class:`GraphDiffusion`'s two score networks (GDSS) with an exponential moving average.
 
     ``model`` holds the EMA weights, the ones that are validated and exported (GDSS samples with its
@@ -71,19 +70,9 @@ class GraphScorePretraining(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.ema.update_parameters(self.online)
 
-    def _eval_step(self, batch, stage: str) -> None:
+    def evaluate(self, batch, batch_idx: int, stage: str) -> None:
         x, adj, flags = batch
         generator = torch.Generator().manual_seed(0)
         loss_x, loss_adj = score_matching_loss(self.model, x, adj, flags, generator)
         self.log_dict({f"{stage}/loss_x": loss_x, f"{stage}/loss_adj": loss_adj, f"{stage}/loss": loss_x + loss_adj},
                       prog_bar=True, batch_size=len(x), sync_dist=True)
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def configure_optimizers(self):
-        # the EMA copy never has gradients, so the optimiser steps only ``online``
-        return _adamw_with_cosine(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps)
