@@ -25,7 +25,7 @@ import re
 from functools import lru_cache
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -235,6 +235,25 @@ def load_weights(module: nn.Module, path: str | Path, map_location: str | torch.
         raise ValueError(f"checkpoint weights {path} do not fit {type(module).__name__} built from its config.json: "
                          f"{'; '.join(problems)}")
     module.load_state_dict(weights)
+
+
+def copy_ema_shadow(params: list[nn.Parameter], ema: Any, source: str, exact: bool = True, fix: str = "") -> None:
+    """Copy a published training checkpoint's EMA (``{"decay", "num_updates", "shadow_params"}``, the shadow
+    list following the parameters' registration order, as MDLM and GDSS save it) into ``params``.
+
+    ``exact``: the list must have one tensor per parameter (otherwise extra trailing tensors are allowed).
+    A count or shape that does not fit is a one-line ``ValueError`` naming ``source``, ending with ``fix``.
+    """
+    shadow = ema.get("shadow_params") if isinstance(ema, Mapping) else None
+    count = len(shadow) if isinstance(shadow, list | tuple) else 0
+    if count < len(params) or (exact and count != len(params)):
+        raise ValueError(f"{source} holds {count} shadow params, the network has {len(params)}{fix}")
+    for i, (param, value) in enumerate(zip(params, shadow)):
+        if tuple(value.shape) != tuple(param.shape):
+            raise ValueError(f"{source} shadow param {i} has shape {tuple(value.shape)}, expected {tuple(param.shape)}")
+    with torch.no_grad():
+        for param, value in zip(params, shadow):
+            param.copy_(value)
 
 
 def _like(value: Any, stored: Any, name: str) -> Any:

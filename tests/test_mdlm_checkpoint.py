@@ -172,6 +172,19 @@ def test_error_paths(tmp_path):
         load_mdlm_checkpoint(str(pickled), ALPHABET, 8)
     assert "\n" not in str(err.value) and "weights_only=False" in str(err.value)
 
+    ckpt = tmp_path / "short_ema.ckpt"
+    write_mdlm_ckpt(ckpt, random_transformer(0), ema_from=random_transformer(1))
+    saved = torch.load(ckpt, weights_only=True)
+    saved["ema"]["shadow_params"] = saved["ema"]["shadow_params"][:-1]
+    torch.save(saved, ckpt)
+    with pytest.raises(ValueError, match=r"ema holds \d+ shadow params, the network has \d+$"):
+        load_mdlm_checkpoint(str(ckpt), ALPHABET, 8)
+    saved["ema"]["shadow_params"] = [p.flatten() for p in saved["ema"]["shadow_params"]] + [torch.zeros(1)]
+    torch.save(saved, ckpt)
+    with pytest.raises(ValueError, match=r"ema shadow param 0 has shape"):
+        load_mdlm_checkpoint(str(ckpt), ALPHABET, 8)
+    assert load_mdlm_checkpoint(str(ckpt), ALPHABET, 8, use_ema=False) is not None
+
 
 def test_svdd_smoke(tmp_path):
     path = tmp_path / "last.ckpt"

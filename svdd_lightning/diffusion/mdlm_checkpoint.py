@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ..checkpoints import copy_ema_shadow
 from .dit import MDLMTransformer
 from .masked import MaskedDiffusion
 
@@ -92,23 +93,6 @@ def _architecture(state: Mapping[str, torch.Tensor], model: Mapping, path: Path)
     return arch
 
 
-def _apply_ema(backbone: MDLMTransformer, ema: Mapping, path: Path) -> None:
-    """Copy MDLM's shadow list into the trainable parameters, in registration order."""
-    shadow = ema.get("shadow_params")
-    params = [p for p in backbone.parameters() if p.requires_grad]
-    if not isinstance(shadow, (list, tuple)) or len(shadow) < len(params):
-        count = len(shadow) if isinstance(shadow, (list, tuple)) else 0
-        raise ValueError(f"MDLM checkpoint {path}: ema holds {count} shadow params, the backbone has {len(params)}")
-    # MDLM's EMA covers backbone.parameters() then noise.parameters(); the latter (if any) come last.
-    for i, (param, value) in enumerate(zip(params, shadow)):
-        if tuple(value.shape) != tuple(param.shape):
-            raise ValueError(f"MDLM checkpoint {path}: ema shadow param {i} has shape {tuple(value.shape)}, "
-                             f"expected {tuple(param.shape)}")
-    with torch.no_grad():
-        for param, value in zip(params, shadow):
-            param.copy_(value)
-
-
 def load_mdlm_checkpoint(path: str, alphabet: str, seq_len: int, num_steps: int = 128, use_ema: bool = True,
                          model_config: dict | None = None) -> MaskedDiffusion:
     """An MDLM DIT checkpoint as a :class:`MaskedDiffusion` over ``alphabet`` (+ mask), in eval mode.
@@ -149,7 +133,9 @@ def load_mdlm_checkpoint(path: str, alphabet: str, seq_len: int, num_steps: int 
 
     ema = ckpt.get("ema") if isinstance(ckpt, Mapping) else None
     if use_ema and isinstance(ema, Mapping):
-        _apply_ema(backbone, ema, file)
+        # MDLM's EMA covers backbone.parameters() then noise.parameters(); the latter (if any) come last
+        copy_ema_shadow([p for p in backbone.parameters() if p.requires_grad], ema,
+                        f"MDLM checkpoint {file}: ema", exact=False)
 
     time_conditioning = bool(model.get("time_conditioning", config.get("time_conditioning", False)))
     diffusion = MaskedDiffusion(backbone, alphabet, seq_len, num_steps, time_conditioning=time_conditioning)

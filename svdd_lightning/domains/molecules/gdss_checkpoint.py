@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ...checkpoints import save
+from ...checkpoints import copy_ema_shadow, save
 from .score_networks import ScoreNetworkA, ScoreNetworkX, ScoreNetworkX_GMH
 
 CLI = "python -m svdd_lightning.domains.molecules.gdss_checkpoint"
@@ -124,24 +124,6 @@ def _load_weights(network: nn.Module, state: Any, role: str, path: Path) -> None
                          f"{type(network).__name__}: {detail}") from None
 
 
-def _apply_ema(network: nn.Module, ema: Any, role: str, path: Path) -> None:
-    """Copy GDSS's EMA shadow list into the parameters, in ``parameters()`` order (GDSS trains every
-    parameter, so its list covers them all, the ones our networks freeze as unused included)."""
-    shadow = ema.get("shadow_params") if isinstance(ema, Mapping) else None
-    params = list(network.parameters())
-    if not isinstance(shadow, list | tuple) or len(shadow) != len(params):
-        count = len(shadow) if isinstance(shadow, list | tuple) else 0
-        raise ValueError(f"GDSS checkpoint {path}: ema_{role} holds {count} shadow params, the network has "
-                         f"{len(params)}; convert with use_ema=False (--no-ema) to use the raw weights")
-    for i, (param, value) in enumerate(zip(params, shadow)):
-        if tuple(value.shape) != tuple(param.shape):
-            raise ValueError(f"GDSS checkpoint {path}: ema_{role} shadow param {i} has shape "
-                             f"{tuple(value.shape)}, expected {tuple(param.shape)}")
-    with torch.no_grad():
-        for param, value in zip(params, shadow):
-            param.copy_(value)
-
-
 def _run_config(model_config: Any, params_x: Mapping, params_adj: Mapping, weights: dict[str, str]) -> dict:
     """GDSS's run config as JSON, with the atom list and sampler settings GDSS keeps elsewhere."""
     config = _plain(model_config)
@@ -189,7 +171,9 @@ def convert_gdss_checkpoint(path: str | Path, output_dir: str | Path, trust_pick
         ema = ckpt.get(f"ema_{role}")
         weights[role] = "ema" if use_ema and ema is not None else "raw"
         if weights[role] == "ema":
-            _apply_ema(built[role], ema, role, file)
+            # GDSS trains every parameter, so its list covers them all, the ones our networks freeze included
+            copy_ema_shadow(list(built[role].parameters()), ema, f"GDSS checkpoint {file}: ema_{role}",
+                            fix="; convert with use_ema=False (--no-ema) to use the raw weights")
     out = Path(output_dir)
     result = {role: save(network, out / role, metadata={"source": f"GDSS checkpoint {file.name}",
                                                         "gdss_model_type": params[role]["model_type"],
