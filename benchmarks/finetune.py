@@ -15,8 +15,9 @@ Stages, each resumable (a killed run continues; ``--max-stages K`` stops after K
 
 Then it prints and writes ``benchmarks/results/finetune_<name>_<accelerator>.json`` (``--name``, default: the
 task) and a plot of the reward against naturalness across rounds (``.png``). ``--config`` runs the rounds
-with another fine-tuning config (e.g. another anchor); give it its own ``--name`` so that the runs and
-results of the shipped config are kept. Denoiser calls per sample are given for sampling
+with another fine-tuning config and ``--schedule KEY=V1,V2,...`` sets a setting per round (as
+``finetune.py --schedule``); give such a run its own ``--name`` so that the runs and results of the
+shipped config are kept. Denoiser calls per sample are given for sampling
 alone and with the one-time cost of generating the fine-tuning sets (all rounds so far) spread over
 1,000 and 10,000 designs, with the number of designs at which fine-tuning breaks even with SVDD-PM
 from the pretrained model.
@@ -84,7 +85,8 @@ def run_eval(task: dict, model: str, out: Path, args: argparse.Namespace) -> Non
 def run_round(task: dict, k: int, out: Path, args: argparse.Namespace) -> None:
     subprocess.run([sys.executable, str(ROOT / "finetune.py"), "--config", task["finetune"], "--rounds", str(k),
                     "--output_dir", str(out / "iteration"), "--trainer.accelerator", args.accelerator,
-                    "--trainer.enable_progress_bar", "false"], cwd=ROOT, check=True)
+                    "--trainer.enable_progress_bar", "false", *(f"--schedule={item}" for item in args.schedule)],
+                   cwd=ROOT, check=True)
 
 
 def main() -> None:
@@ -96,6 +98,8 @@ def main() -> None:
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--optimus", default=None, help="Optimus 5-Prime HDF5 weights (utr_mrl)")
     parser.add_argument("--config", default=None, help="fine-tuning config of one round (default: the task's)")
+    parser.add_argument("--schedule", action="append", default=[], metavar="KEY=V1,V2,...",
+                        help="finetune.py --schedule: a fine-tuning setting per round (repeatable)")
     parser.add_argument("--name", default=None, help="names the results file and the default output folder "
                                                      "(default: the task)")
     parser.add_argument("--output-dir", default=None, help="default: runs/finetune_<name>")
@@ -178,7 +182,8 @@ def report(args: argparse.Namespace, task: dict, out: Path, stages: dict) -> Non
         "finetune_config": task["finetune"], "finetune_settings": {
             "model": finetune_config["model"]["init_args"], "trainer_max_steps": finetune_config["trainer"]["max_steps"],
             "data": {k: v for k, v in finetune_config["data"]["init_args"].items() if k not in ("decoder", "reward",
-                                                                                                 "anchor_data")}},
+                                                                                                 "anchor_data")},
+            "schedule": args.schedule},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "accelerator": args.accelerator},
         "stages": stages, "table": table, "targets": targets(table),
