@@ -13,8 +13,11 @@ Stages, each resumable (a killed run continues; ``--max-stages K`` stops after K
   model, fine-tuning on them, export;
 - ``eval_k``: the same two methods from round k's model.
 
-Then it prints and writes ``benchmarks/results/finetune_<task>_<accelerator>.json`` and a plot of the
-reward against naturalness across rounds (``.png``). Denoiser calls per sample are given for sampling
+Then it prints and writes ``benchmarks/results/finetune_<name>_<accelerator>.json`` (``--name``, default: the
+task) and a plot of the reward against naturalness across rounds (``.png``). ``--config`` runs the rounds
+with another fine-tuning config and ``--schedule KEY=V1,V2,...`` sets a setting per round (as
+``finetune.py --schedule``); give such a run its own ``--name`` so that the runs and results of the
+shipped config are kept. Denoiser calls per sample are given for sampling
 alone and with the one-time cost of generating the fine-tuning sets (all rounds so far) spread over
 1,000 and 10,000 designs, with the number of designs at which fine-tuning breaks even with SVDD-PM
 from the pretrained model.
@@ -82,7 +85,8 @@ def run_eval(task: dict, model: str, out: Path, args: argparse.Namespace) -> Non
 def run_round(task: dict, k: int, out: Path, args: argparse.Namespace) -> None:
     subprocess.run([sys.executable, str(ROOT / "finetune.py"), "--config", task["finetune"], "--rounds", str(k),
                     "--output_dir", str(out / "iteration"), "--trainer.accelerator", args.accelerator,
-                    "--trainer.enable_progress_bar", "false"], cwd=ROOT, check=True)
+                    "--trainer.enable_progress_bar", "false", *(f"--schedule={item}" for item in args.schedule)],
+                   cwd=ROOT, check=True)
 
 
 def main() -> None:
@@ -93,13 +97,23 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--optimus", default=None, help="Optimus 5-Prime HDF5 weights (utr_mrl)")
-    parser.add_argument("--output-dir", default=None, help="default: runs/finetune_<task>")
+    parser.add_argument("--config", default=None, help="fine-tuning config of one round (default: the task's)")
+    parser.add_argument("--schedule", action="append", default=[], metavar="KEY=V1,V2,...",
+                        help="finetune.py --schedule: a fine-tuning setting per round (repeatable)")
+    parser.add_argument("--name", default=None, help="names the results file and the default output folder "
+                                                     "(default: the task)")
+    parser.add_argument("--output-dir", default=None, help="default: runs/finetune_<name>")
     parser.add_argument("--max-stages", type=int, default=None, help="stop after this many unfinished stages")
     args = parser.parse_args()
-    task = TASKS[args.task]
+    task = dict(TASKS[args.task])
+    if args.config:
+        if not (ROOT / args.config).is_file():
+            sys.exit(f"error: --config: no file {args.config}")
+        task["finetune"] = args.config
+    args.name = args.name or args.task
     if task["oracle"] == "optimus5prime" and not (args.optimus and Path(args.optimus).is_file()):
         sys.exit("error: --optimus: give the Optimus 5-Prime HDF5 weights (evolution_model.hdf5) for the UTR task")
-    out = Path(args.output_dir or ROOT / "runs" / f"finetune_{args.task}").resolve()
+    out = Path(args.output_dir or ROOT / "runs" / f"finetune_{args.name}").resolve()
     stages_path = out / "stages.json"
     stages = json.loads(stages_path.read_text()) if stages_path.is_file() else {}
 
@@ -164,20 +178,21 @@ def report(args: argparse.Namespace, task: dict, out: Path, stages: dict) -> Non
         saved = svdd_0["nfe_per_sample"] - row["nfe_per_sample"]
         row["break_even_designs"] = row["one_time_nfe"] / saved if row["round"] and saved > 0 else None
     result = {
-        "task": args.task, "num_samples": args.num_samples, "rounds": args.rounds, "oracle": oracle,
+        "task": args.task, "name": args.name, "num_samples": args.num_samples, "rounds": args.rounds, "oracle": oracle,
         "finetune_config": task["finetune"], "finetune_settings": {
             "model": finetune_config["model"]["init_args"], "trainer_max_steps": finetune_config["trainer"]["max_steps"],
             "data": {k: v for k, v in finetune_config["data"]["init_args"].items() if k not in ("decoder", "reward",
-                                                                                                 "anchor_data")}},
+                                                                                                 "anchor_data")},
+            "schedule": args.schedule},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "accelerator": args.accelerator},
         "stages": stages, "table": table, "targets": targets(table),
     }
     results = ROOT / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    path = results / f"finetune_{args.task}_{args.accelerator}.json"
+    path = results / f"finetune_{args.name}_{args.accelerator}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
-    plot(table, results / f"finetune_{args.task}_{args.accelerator}.png", args.task, oracle)
+    plot(table, results / f"finetune_{args.name}_{args.accelerator}.png", args.name, oracle)
     print_table(table, oracle)
     print(json.dumps(result["targets"], indent=2))
     print(f"written: {path}")

@@ -16,7 +16,7 @@ from svdd_lightning import SVDD, PosteriorMeanValue, PretrainedSampling, checkpo
 from svdd_lightning.core.reward import RewardFunction
 from svdd_lightning.evaluation import ELBOMetric
 from svdd_lightning.lightning.decoding import DecodingModule
-from svdd_lightning.lightning.expert_iteration import expert_iteration
+from svdd_lightning.lightning.expert_iteration import expert_iteration, parse_schedule, scheduled_args
 from svdd_lightning.lightning.finetuning import (GuidedFineTuning, GuidedSamplesDataModule, MaskedDiffusionObjective,
                                                  generate_guided_samples, read_decode_run, reward_weights)
 from svdd_lightning.lightning.training import ExportBest
@@ -242,7 +242,8 @@ def test_expert_iteration_runs_rounds_and_resumes(tiny, tmp_path):
     first = expert_iteration(path, 1, out)
     model_1 = out / "round_1" / "model" / "model.safetensors"
     stamp = model_1.stat().st_mtime_ns
-    records = expert_iteration(path, 2, out)  # round 1 is finished: only round 2 runs
+    # round 1 is finished: only round 2 runs, with round 2's value of the schedule
+    records = expert_iteration(path, 2, out, schedule=["model.data_weight=0.0,0.25"])
     assert model_1.stat().st_mtime_ns == stamp and records[0] == first[0]
     assert [r["round"] for r in records] == [1, 2]
     assert records[1]["generated_from"] == str(out / "round_1" / "model")
@@ -251,6 +252,8 @@ def test_expert_iteration_runs_rounds_and_resumes(tiny, tmp_path):
     round_2 = yaml.safe_load((out / "round_2" / "config.yaml").read_text())
     assert round_2["data"]["init_args"]["seed"] == data["seed"] + 1
     assert checkpoints.metadata(out / "round_2" / "model")["finetuning"]["reference"] == str(tiny["mdlm"])
+    assert checkpoints.metadata(out / "round_2" / "model")["finetuning"]["data_weight"] == 0.25
+    assert records[1]["overrides"] == ["--model.data_weight=0.25"]
     assert json.loads((out / "rounds.json").read_text()) == records
     # a round killed after its export but before its record: it runs again and replaces the export
     (out / "round_2" / "round.json").unlink()
@@ -260,6 +263,18 @@ def test_expert_iteration_runs_rounds_and_resumes(tiny, tmp_path):
     assert (out / "round_2" / "generated" / "parts" / "rank0.jsonl").read_text() == parts  # its samples were reused
     with pytest.raises(ValueError, match="--data.init_args.seed is set by each round"):
         expert_iteration(path, 2, out, ["--data.init_args.seed=4"])
+
+
+def test_schedule_gives_each_round_its_value_and_the_last_after():
+    schedule = parse_schedule(["model.data_weight=0.1,1.0", "--model.kl_weight=0.5"])
+    assert [scheduled_args(schedule, k) for k in (1, 2, 3)] == [
+        ["--model.data_weight=0.1", "--model.kl_weight=0.5"], ["--model.data_weight=1.0", "--model.kl_weight=0.5"],
+        ["--model.data_weight=1.0", "--model.kl_weight=0.5"]]
+    assert parse_schedule({"data.alpha": [None, 2.0]}) == {"data.alpha": ["null", "2.0"]}
+    for bad, message in (("model.data_weight", "expected KEY=V1,V2"), ("model.data_weight=0.1,", "one value per round"),
+                         ("data.init_args.seed=1,2", "set by each round")):
+        with pytest.raises(ValueError, match=message):
+            parse_schedule([bad])
 
 
 def test_finetune_command_bad_config_is_one_line_error(capsys):

@@ -1,6 +1,7 @@
 """Expert iteration: rounds of generate -> fine-tune -> generate from the fine-tuned model.
 
-    python finetune.py --config configs/dna/finetune.yaml --rounds 3 [--output_dir DIR] [train.py fit overrides]
+    python finetune.py --config configs/dna/finetune.yaml --rounds 3 [--output_dir DIR] [--schedule KEY=V1,V2,...]
+        [train.py fit overrides]
 
 The config is a ``train.py fit`` config of one round (:class:`GuidedFineTuning` over a
 :class:`GuidedSamplesDataModule` that generates its samples with a decoder). Round k (1, 2, ...):
@@ -16,6 +17,10 @@ A round with a ``round.json`` is finished and is skipped: a killed run continues
 finished round (and, inside the round, from the samples already generated). ``--rounds`` is the
 total: ``--rounds 3`` after a run of ``--rounds 2`` does round 3 only. Round k's generation seed is
 the config's ``data.seed`` + k - 1, so rounds do not reuse each other's random numbers.
+
+``--schedule KEY=V1,V2,...`` (repeatable) sets a ``train.py fit`` setting per round: V1 in round 1,
+V2 in round 2, the last value in every later round (e.g. ``--schedule model.data_weight=0.1,1.0``:
+a light anchor while the model is still close to the pretrained one, a stronger one after).
 """
 from __future__ import annotations
 
@@ -62,6 +67,36 @@ def round_config(base: dict, k: int, previous: str, reference: str, directory: P
     return config
 
 
+def _managed(name: str) -> bool:
+    return name.lstrip("-").replace(".init_args", "") in MANAGED
+
+
+def parse_schedule(items: list[str] | tuple[str, ...] | dict[str, list] | None) -> dict[str, list[str]]:
+    """``["model.data_weight=0.1,1.0"]`` (or that dict) -> ``{"model.data_weight": ["0.1", "1.0"]}``, checked."""
+    if isinstance(items, dict):
+        schedule = {str(k).lstrip("-"): ["null" if v is None else str(v)
+                                         for v in (vs if isinstance(vs, (list, tuple)) else [vs])]
+                    for k, vs in items.items()}
+    else:
+        schedule = {}
+        for item in items or ():
+            key, sep, values = item.partition("=")
+            if not sep or not key.strip("-") or not values:
+                raise ValueError(f"--schedule {item}: expected KEY=V1,V2,... (e.g. model.data_weight=0.1,1.0)")
+            schedule[key.lstrip("-")] = values.split(",")
+    for key, values in schedule.items():
+        if _managed(key):
+            raise ValueError(f"--schedule {key}: set by each round (from the previous round's model and --output_dir)")
+        if not values or any(not v for v in values):
+            raise ValueError(f"--schedule {key}: give one value per round, comma-separated (e.g. {key}=0.1,1.0)")
+    return schedule
+
+
+def scheduled_args(schedule: dict[str, list[str]], k: int) -> list[str]:
+    """The ``train.py fit`` overrides of round k: each setting's k-th value, or its last."""
+    return [f"--{key}={values[min(k, len(values)) - 1]}" for key, values in schedule.items()]
+
+
 def _check(base: dict, config: str, extra_args: list[str]) -> None:
     model, data = base.get("model") or {}, base.get("data") or {}
     if not str(model.get("class_path", "")).endswith("GuidedFineTuning") or "model" not in model.get("init_args", {}):
@@ -70,18 +105,19 @@ def _check(base: dict, config: str, extra_args: list[str]) -> None:
         raise ValueError(f"{config}: data must be a GuidedSamplesDataModule with init_args.decoder (each round "
                          f"generates its samples)")
     for arg in extra_args:
-        name = arg.split("=")[0].lstrip("-").replace(".init_args", "")
-        if name in MANAGED:
+        if _managed(arg.split("=")[0]):
             raise ValueError(f"{arg.split('=')[0]} is set by each round (from the previous round's model and "
                              f"--output_dir); change it in the config instead")
 
 
 def expert_iteration(config: str | Path, rounds: int, output_dir: str | Path | None = None,
-                     extra_args: list[str] | tuple[str, ...] = ()) -> list[dict]:
+                     extra_args: list[str] | tuple[str, ...] = (),
+                     schedule: list[str] | dict[str, list] | None = None) -> list[dict]:
     """Run (or finish) rounds 1 .. ``rounds`` of expert iteration; returns the rounds' records.
 
     ``output_dir`` defaults to the config's ``trainer.default_root_dir``; ``extra_args`` are
-    ``train.py fit`` overrides applied to every round (not the settings in ``MANAGED``).
+    ``train.py fit`` overrides applied to every round (not the settings in ``MANAGED``);
+    ``schedule`` sets settings per round (``["model.data_weight=0.1,1.0"]``: round 1 0.1, later 1.0).
     """
     config = find(config)  # a shipped config from any working directory, as train.py finds them
     if not config.is_file():
@@ -89,6 +125,7 @@ def expert_iteration(config: str | Path, rounds: int, output_dir: str | Path | N
     base = yaml.safe_load(config.read_text())
     extra_args = list(extra_args)
     _check(base, str(config), extra_args)
+    schedule = parse_schedule(schedule)
     if rounds < 1:
         raise ValueError(f"--rounds must be >= 1, got {rounds}")
     output_dir = Path(output_dir or (base.get("trainer") or {}).get("default_root_dir") or "runs/finetune")
@@ -102,7 +139,7 @@ def expert_iteration(config: str | Path, rounds: int, output_dir: str | Path | N
             record = json.loads(record_path.read_text())
             print(f"round {k}: finished earlier ({record_path}), skipped")
         else:
-            record = _run_round(base, k, previous, reference, directory, extra_args)
+            record = _run_round(base, k, previous, reference, directory, [*extra_args, *scheduled_args(schedule, k)])
             _atomic_write(record_path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
         records.append(record)
         previous = record["model"]
@@ -123,7 +160,7 @@ def _run_round(base: dict, k: int, previous: str, reference: str, directory: Pat
                            f"(trainer.val_check_interval within trainer.max_steps)")
     generated = directory / "generated" / "summary.json"
     return {"round": k, "model": str(export), "generated_from": previous, "reference": reference,
-            "generated": json.loads(generated.read_text()), "fit": checkpoints.metadata(export),
+            "generated": json.loads(generated.read_text()), "fit": checkpoints.metadata(export), "overrides": extra_args,
             "seconds": round(time.time() - start, 1)}
 
 
@@ -134,13 +171,17 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="train.py fit config of one round (GuidedFineTuning)")
     parser.add_argument("--rounds", type=int, required=True, help="total number of rounds (finished ones are skipped)")
     parser.add_argument("--output_dir", default=None, help="default: the config's trainer.default_root_dir")
+    parser.add_argument("--schedule", action="append", default=[], metavar="KEY=V1,V2,...",
+                        help="a train.py fit setting per round: V1 in round 1, V2 in round 2, the last value after "
+                             "(repeatable; e.g. model.data_weight=0.1,1.0)")
     return parser
 
 
 def main(args: list[str] | None = None) -> list[dict]:
     """``finetune.py``: the command line of :func:`expert_iteration`; other arguments go to every round's fit."""
     known, extra = parser().parse_known_args(args)
-    return _one_line_errors(lambda: expert_iteration(known.config, known.rounds, known.output_dir, extra))
+    return _one_line_errors(lambda: expert_iteration(known.config, known.rounds, known.output_dir, extra,
+                                                     known.schedule))
 
 
 def command() -> None:
