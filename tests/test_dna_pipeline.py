@@ -1,7 +1,9 @@
-"""DNA domain and the two commands, on tiny models and data written by the tests."""
+"""DNA domain and the two commands, on tiny models and data written by the tests. The commands run through
+the scripts' entry points in this process (``run_main``), but for one check of what decode.py itself prints."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,10 +14,10 @@ from svdd_lightning.diffusion import DilatedConvDenoiser, MaskedDiffusion
 from svdd_lightning.domains.dna.data import DNARegionsDataModule, encode_dna, read_regions
 from svdd_lightning.sequence_metrics import KmerCorrelation, kmer_frequencies
 from svdd_lightning.domains.dna.oracles import ConvClassifier, EnformerStyleClassifier
-from svdd_lightning.lightning.cli import main_decode
 from svdd_lightning.oracle_reward import OracleReward
 
-from tiny_dna import LENGTH, METHODS, build_tiny_checkpoints, decode_args, read_samples, run_cli, write_regions
+from tiny_dna import (LENGTH, METHODS, build_tiny_checkpoints, cli_error, decode_args, read_samples, run_cli, run_main,
+                      write_regions)
 
 
 @pytest.fixture(scope="module")
@@ -128,11 +130,20 @@ _decode_args = decode_args
 _samples = read_samples
 
 
-def test_decode_writes_every_output_and_depends_only_on_sample_index(tiny_checkpoints, tmp_path):
-    out_a, out_b = tmp_path / "a", tmp_path / "b"
-    res = run_cli("decode.py", *_decode_args(tiny_checkpoints, out_a, "--data.num_samples", "6",
-                                             "--data.batch_size", "2"))
-    assert res.returncode == 0, res.stderr[-2000:]
+SIX = ("--data.num_samples", "6", "--data.batch_size", "2")
+
+
+@pytest.fixture(scope="module")
+def decoded(tiny_checkpoints, tmp_path_factory) -> Path:
+    """decode.py on configs/dna/compare.yaml: 6 samples in batches of 2 (shared by the tests below, which
+    only read it or copy it)."""
+    out = tmp_path_factory.mktemp("decoded") / "out"
+    run_main("decode.py", *_decode_args(tiny_checkpoints, out, *SIX))
+    return out
+
+
+def test_decode_writes_every_output_and_depends_only_on_sample_index(tiny_checkpoints, decoded, tmp_path):
+    out_a, out_b = decoded, tmp_path / "b"
     for name in ("pretrained.fasta", "best_of_n.fasta", "svdd_pm.fasta", "svdd_mc.fasta", "samples.csv", "summary.json",
                  "reward_histogram.png", "config.yaml"):
         assert (out_a / name).is_file(), name
@@ -149,32 +160,20 @@ def test_decode_writes_every_output_and_depends_only_on_sample_index(tiny_checkp
     rows = _samples(out_a)
     assert len(rows) == 6 * len(METHODS) and all(len(seq) == LENGTH and set(seq) <= set("ACGT") for _, _, seq in rows)
 
-    res = run_cli("decode.py", *_decode_args(tiny_checkpoints, out_b, "--data.num_samples", "6",
-                                             "--data.batch_size", "4"))
-    assert res.returncode == 0, res.stderr[-2000:]
+    run_main("decode.py", *_decode_args(tiny_checkpoints, out_b, "--data.num_samples", "6", "--data.batch_size", "4"))
     assert _samples(out_b) == rows
 
 
-def _decode_here(args: list[str]) -> None:
-    """``decode.py`` in this process (no interpreter start-up per run); it must succeed."""
-    try:
-        main_decode(args)
-    except SystemExit as exit_:
-        assert exit_.code in (0, None), exit_.code
-
-
-def test_decode_resumes_after_a_kill_losing_nothing(tiny_checkpoints, tmp_path):
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
-    args = ("--data.num_samples", "6", "--data.batch_size", "2")
-    _decode_here(_decode_args(tiny_checkpoints, full, *args))
-    _decode_here(_decode_args(tiny_checkpoints, resumed, *args))
+def test_decode_resumes_after_a_kill_losing_nothing(tiny_checkpoints, decoded, tmp_path):
+    full, resumed = decoded, tmp_path / "resumed"
+    shutil.copytree(full, resumed)  # the same command's finished folder
     # simulate a kill during the last batch: its line was cut short, the merged outputs never written
     part = resumed / "parts" / "rank0.jsonl"
     lines = part.read_text().splitlines()
     part.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
     for name in ("samples.csv", "summary.json"):
         (resumed / name).unlink()
-    _decode_here(_decode_args(tiny_checkpoints, resumed, *args))
+    run_main("decode.py", *_decode_args(tiny_checkpoints, resumed, *SIX))
     assert _samples(resumed) == _samples(full)
 
 
@@ -190,13 +189,12 @@ def test_decode_bad_input_is_one_line_error_from_the_script(tiny_checkpoints, tm
 
 def test_train_fit_exports_a_loadable_model(regions, tmp_path):
     export = tmp_path / "export"
-    res = run_cli("train.py", "fit", "--config", "configs/dna/pretrain.yaml", "--data.init_args.path", str(regions),
-                  "--data.init_args.batch_size", "16", "--model.init_args.model.init_args.seq_len", str(LENGTH),
-                  "--model.init_args.model.init_args.backbone.init_args.channels", "8",
-                  "--trainer.max_steps", "4", "--trainer.val_check_interval", "2",
-                  "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false",
-                  "--trainer.callbacks.init_args.directory", str(export))
-    assert res.returncode == 0, res.stderr[-2000:]
+    run_main("train.py", "fit", "--config", "configs/dna/pretrain.yaml", "--data.init_args.path", str(regions),
+             "--data.init_args.batch_size", "16", "--model.init_args.model.init_args.seq_len", str(LENGTH),
+             "--model.init_args.model.init_args.backbone.init_args.channels", "8",
+             "--trainer.max_steps", "4", "--trainer.val_check_interval", "2",
+             "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false",
+             "--trainer.callbacks.init_args.directory", str(export))
     model = checkpoints.load(export)
     assert isinstance(model, MaskedDiffusion) and model.seq_len == LENGTH
     assert "val/nelbo_bpt" in checkpoints.metadata(export)
@@ -206,17 +204,15 @@ def test_train_with_wrong_alphabet_data_is_one_line_error(tmp_path, regions):
     bad = tmp_path / "n.tsv"
     text = regions.read_text().splitlines()
     bad.write_text("\n".join([text[0], *[line.replace("A", "N", 1) for line in text[1:]]]) + "\n")
-    res = run_cli("train.py", "fit", "--config", "configs/dna/pretrain.yaml", "--data.init_args.path", str(bad),
-                  "--trainer.max_steps", "1", "--trainer.default_root_dir", str(tmp_path / "runs"))
-    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-    assert res.returncode != 0 and len(errors) == 1 and "symbol 'N'" in errors[0], res.stderr[-1500:]
+    error = cli_error("train.py", "fit", "--config", "configs/dna/pretrain.yaml", "--data.init_args.path", str(bad),
+                      "--trainer.max_steps", "1", "--trainer.default_root_dir", str(tmp_path / "runs"))
+    assert error.startswith("error:") and "symbol 'N'" in error
 
 
 def test_decode_with_the_jaspar_reward_overlay(tiny_checkpoints, tmp_path):
     out = tmp_path / "jaspar"
-    res = run_cli("decode.py", *_decode_args(tiny_checkpoints, out, "--data.num_samples", "2"),
-                  "--config", "configs/dna/reward_jaspar.yaml")
-    assert res.returncode == 0, res.stderr[-2000:]
+    run_main("decode.py", *_decode_args(tiny_checkpoints, out, "--data.num_samples", "2"),
+             "--config", "configs/dna/reward_jaspar.yaml")
     summary = json.loads((out / "summary.json").read_text())
     assert all(0 <= e["reward"]["median"] <= 1 for e in summary.values())
 

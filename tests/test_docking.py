@@ -112,7 +112,7 @@ def test_compare_docking_config_runs_on_a_short_grid(tmp_path):
     from pathlib import Path
 
     import yaml
-    from tiny_dna import run_cli
+    from tiny_dna import run_main
 
     config = yaml.safe_load(Path("configs/molecules/compare_docking_parp1.yaml").read_text())
     config["model"]["model_args"] = {"num_steps": 4}
@@ -126,8 +126,7 @@ def test_compare_docking_config_runs_on_a_short_grid(tmp_path):
     path = tmp_path / "docking.yaml"
     path.write_text(yaml.safe_dump(config))
     out = tmp_path / "out"
-    res = run_cli("decode.py", "predict", "--config", str(path), "--output_dir", str(out))
-    assert res.returncode == 0, res.stderr[-2000:]
+    run_main("decode.py", "predict", "--config", str(path), "--output_dir", str(out))
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"pretrained", "best_of_n", "svdd_pm"}
     for entry in summary.values():

@@ -20,7 +20,7 @@ from svdd_lightning.domains.molecules.value_networks import GraphGIN
 from svdd_lightning.lightning.rollouts import RolloutDataModule, generate_rollouts
 
 from test_graph_diffusion import N, mixed_size_state, tiny_model
-from tiny_dna import run_cli
+from tiny_dna import run_main
 
 QM9 = "checkpoints/molecules/gdss_qm9"
 
@@ -158,15 +158,14 @@ def test_a_reward_that_raises_or_returns_none_does_not_stop_decoding(inference_m
 def value_network(tmp_path_factory) -> Path:
     """``train.py fit`` with the shipped value-network config, on a few rollouts of a 6-step grid."""
     root = tmp_path_factory.mktemp("value")
-    res = run_cli("train.py", "fit", "--config", "configs/molecules/value_mc_qed.yaml",
-                  "--data.init_args.model_args", '{"num_steps": 6}', "--data.init_args.num_rollouts", "16",
-                  "--data.init_args.val_rollouts", "16", "--data.init_args.shard_size", "16",
-                  "--data.init_args.levels_per_rollout", "2", "--data.init_args.cache_dir", str(root / "rollouts"),
-                  "--data.init_args.reward.init_args.processes", "1", "--data.init_args.batch_size", "8",
-                  "--model.init_args.network.init_args.hidden", "16", "--trainer.max_epochs", "1",
-                  "--trainer.default_root_dir", str(root / "runs"), "--trainer.enable_progress_bar", "false",
-                  "--trainer.callbacks.init_args.directory", str(root / "export"))
-    assert res.returncode == 0, res.stderr[-2000:]
+    run_main("train.py", "fit", "--config", "configs/molecules/value_mc_qed.yaml",
+             "--data.init_args.model_args", '{"num_steps": 6}', "--data.init_args.num_rollouts", "16",
+             "--data.init_args.val_rollouts", "16", "--data.init_args.shard_size", "16",
+             "--data.init_args.levels_per_rollout", "2", "--data.init_args.cache_dir", str(root / "rollouts"),
+             "--data.init_args.reward.init_args.processes", "1", "--data.init_args.batch_size", "8",
+             "--model.init_args.network.init_args.hidden", "16", "--trainer.max_epochs", "1",
+             "--trainer.default_root_dir", str(root / "runs"), "--trainer.enable_progress_bar", "false",
+             "--trainer.callbacks.init_args.directory", str(root / "export"))
     assert isinstance(checkpoints.load(root / "export"), GraphGIN)
     assert "val/mse" in checkpoints.metadata(root / "export")
     return root / "export"
@@ -190,8 +189,7 @@ def test_compare_job_writes_molecule_outputs_for_every_method(value_network, tmp
     path = tmp_path / "compare.yaml"
     path.write_text(yaml.safe_dump(config))
     out = tmp_path / "out"
-    res = run_cli("decode.py", "predict", "--config", str(path), "--output_dir", str(out))
-    assert res.returncode == 0, res.stderr[-2000:]
+    run_main("decode.py", "predict", "--config", str(path), "--output_dir", str(out))
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"pretrained", "best_of_n", "dps", "smc", "svdd_pm", "svdd_mc"}
     for method, entry in summary.items():

@@ -12,7 +12,7 @@ from svdd_lightning.domains.molecules.graph_diffusion import GraphDiffusion
 from svdd_lightning.domains.molecules.sde import VESDE
 from svdd_lightning.domains.molecules.training import score_matching_loss
 
-from tiny_dna import run_cli
+from tiny_dna import run_main
 
 SMILES = ["C", "CC", "CCO", "CC=O", "C#N", "OCCO", "CC(C)O", "CCN", "C1CC1", "FC(F)F", "CC#CC", "OC=O",
           "NC=O", "CCCO", "C1CO1", "CN(C)C", "OCC#N", "CC(=O)O", "C1=CC=CN=C1", "CCOCC"] * 3
@@ -62,14 +62,13 @@ def test_score_matching_loss_is_smaller_for_the_exact_score():
 
 def test_train_fit_pretrains_gdss_and_the_export_samples_molecules(smiles_csv, tmp_path):
     export = tmp_path / "gdss"
-    res = run_cli("train.py", "fit", "--config", "configs/molecules/pretrain_qm9.yaml",
-                  "--data.init_args.path", str(smiles_csv), "--data.init_args.batch_size", "8",
-                  "--data.init_args.val_fraction", "0.2", "--data.init_args.test_fraction", "0.2",
-                  "--model.init_args.model.init_args.num_steps", "10",
-                  "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path / "runs"),
-                  "--trainer.enable_progress_bar", "false",
-                  "--trainer.callbacks.init_args.directory", str(export))
-    assert res.returncode == 0, res.stderr[-2000:]
+    run_main("train.py", "fit", "--config", "configs/molecules/pretrain_qm9.yaml",
+             "--data.init_args.path", str(smiles_csv), "--data.init_args.batch_size", "8",
+             "--data.init_args.val_fraction", "0.2", "--data.init_args.test_fraction", "0.2",
+             "--model.init_args.model.init_args.num_steps", "10",
+             "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path / "runs"),
+             "--trainer.enable_progress_bar", "false",
+             "--trainer.callbacks.init_args.directory", str(export))
     model = checkpoints.load(export)
     assert isinstance(model, GraphDiffusion) and model.num_nodes_probs is not None
     assert "val/loss" in checkpoints.metadata(export)
@@ -84,9 +83,8 @@ def test_moses_config_builds_gdss_zinc_networks_and_trains_a_step(tmp_path):
                  "CC(C)Cc1ccc(C(C)C(=O)O)cc1", "O=[N+]([O-])c1ccccc1", "CSc1ncccn1"] * 4
     path = tmp_path / "moses.csv"
     path.write_text("SMILES\n" + "\n".join(drug_like) + "\n")
-    res = run_cli("train.py", "fit", "--config", "configs/molecules/pretrain_moses.yaml", "--data.init_args.path",
-                  str(path), "--data.init_args.batch_size", "4", "--data.init_args.val_fraction", "0.2",
-                  "--data.init_args.test_fraction", "0.2", "--trainer.fast_dev_run", "1",
-                  "--trainer.default_root_dir", str(tmp_path / "runs"),
-                  "--trainer.callbacks.init_args.directory", str(tmp_path / "export"))
-    assert res.returncode == 0, res.stderr[-2000:]
+    run_main("train.py", "fit", "--config", "configs/molecules/pretrain_moses.yaml", "--data.init_args.path",
+             str(path), "--data.init_args.batch_size", "4", "--data.init_args.val_fraction", "0.2",
+             "--data.init_args.test_fraction", "0.2", "--trainer.fast_dev_run", "1",
+             "--trainer.default_root_dir", str(tmp_path / "runs"),
+             "--trainer.callbacks.init_args.directory", str(tmp_path / "export"))

@@ -1,6 +1,7 @@
 """Tiny DNA checkpoints and helpers for the tests that run train.py / decode.py."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import random
@@ -8,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from svdd_lightning import checkpoints
@@ -80,6 +82,54 @@ def run_cli(script: str, *args: str) -> subprocess.CompletedProcess:
         env.pop(key, None)
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
+
+
+@contextlib.contextmanager
+def _like_the_script():
+    """From the repository root with one thread, as :func:`run_cli` runs a script; afterwards the float32
+    matmul precision decode.py sets and the torch threads are restored for the other tests."""
+    precision, threads = torch.get_float32_matmul_precision(), torch.get_num_threads()
+    omp = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        with contextlib.chdir(ROOT):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.set_num_threads(threads)
+        if omp is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = omp
+
+
+def entry_point(script: str):
+    """The function behind ``train.py`` or ``decode.py`` (the scripts only call it)."""
+    from svdd_lightning.lightning.cli import main_decode, main_train
+
+    return {"decode.py": main_decode, "train.py": main_train}[script]
+
+
+def run_main(script: str, *args: str) -> None:
+    """``train.py`` or ``decode.py`` run in this process through the script's entry point: no interpreter
+    start-up and imports per run (~8-10 s each). A CLI error fails the test with its text. Tests of what a
+    script itself prints, or of DDP (which relaunches the script), use :func:`run_cli`."""
+    with _like_the_script():
+        try:
+            entry_point(script)(list(args))
+        except SystemExit as err:  # _one_line_errors exits with the message
+            if err.code not in (0, None):
+                pytest.fail(f"{script} exited: {err.code}")
+
+
+def cli_error(script: str, *args: str) -> str:
+    """The error a run of ``train.py`` or ``decode.py`` in this process exits with (what the script prints
+    on stderr); it must be one line."""
+    with _like_the_script(), pytest.raises(SystemExit) as err:
+        entry_point(script)(list(args))
+    message = str(err.value.code)
+    assert err.value.code not in (0, None) and "\n" not in message, message
+    return message
 
 
 def read_samples(out: Path) -> list[tuple[str, int, str]]:
