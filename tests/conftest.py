@@ -1,4 +1,6 @@
 """Shared test setup."""
+import os
+
 import pytest
 import torch
 
@@ -17,11 +19,28 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread():
-    """Tests use tiny tensors: extra intra-op threads only spin-wait on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
+    """Tests use tiny tensors: extra intra-op threads only spin-wait on a loaded 2-core machine. A train.py or
+    decode.py run in a test's process sets the process's threads (svdd_lightning.threads) from
+    OMP_NUM_THREADS, else from the available cores: without this the first such run left a worker with
+    2 threads (CI exports OMP_NUM_THREADS=2) for all its later tests, two workers x two threads on two
+    cores (the shipped GDSS model's test took 76 s instead of 16 s). Subprocesses inherit it too."""
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+    if omp is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = omp
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_each_test():
+    """A test that sets the torch threads (on purpose, or through a run) hands the next one a single thread."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 @pytest.fixture
