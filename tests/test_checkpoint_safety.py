@@ -183,6 +183,7 @@ def user_package(tmp_path, monkeypatch):
     (root / "labmodels").mkdir(parents=True)
     (root / "labmodels" / "__init__.py").write_text(textwrap.dedent(USER_PACKAGE))
     monkeypatch.syspath_prepend(str(root))
+    sys.modules.pop("labmodels", None)  # docs/bring-your-own-model.md's example imports its own labmodels
     yield importlib.import_module("labmodels")
     sys.modules.pop("labmodels", None)
     checkpoints._TRUSTED.discard("labmodels")

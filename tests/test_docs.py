@@ -79,13 +79,14 @@ def commands(script: str) -> list[list[str]]:
 @pytest.mark.parametrize("name,code", blocks("python"), ids=[n for n, _ in blocks("python")])
 def test_python_block_runs(name, code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    precision, threads = torch.get_float32_matmul_precision(), torch.get_num_threads()
+    precision, threads, path = torch.get_float32_matmul_precision(), torch.get_num_threads(), sys.path[:]
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             exec(compile(code, name, "exec"), {"__name__": "__docs__"})
     finally:
         torch.set_float32_matmul_precision(precision)
         torch.set_num_threads(threads)
+        sys.path[:] = path  # a block may put its own package's folder first
 
 
 def run_cli(main, args: list[str]) -> None:
