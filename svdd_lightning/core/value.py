@@ -61,7 +61,7 @@ class NetworkValue(Value):
             ``train.py fit``.
     """
 
-    def __init__(self, network: nn.Module | str) -> None:
+    def __init__(self, network: str | nn.Module) -> None:
         if isinstance(network, str):
             from ..checkpoints import load
 
