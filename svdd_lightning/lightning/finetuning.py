@@ -161,7 +161,6 @@ class GuidedFineTuning(L.LightningModule):
         self._reference = (checkpoints.load(reference or model).requires_grad_(False),)
         self.val_terms = torch.nn.ModuleDict({k: MeanMetric() for k in ("guided_loss", "kl", "data_loss")})
         self._val_seen: set[str] = set()
-        self._started = time.time()
 
     @property
     def reference(self) -> DiffusionModel:
@@ -178,7 +177,6 @@ class GuidedFineTuning(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self.reference.to(self.device).eval()
-        self._started = time.time()
 
     def on_validation_start(self) -> None:
         self.reference.to(self.device).eval()
@@ -310,7 +308,8 @@ def cache_fingerprint(module: Any, method: str, output_dir: Path, record: bool =
 @torch.no_grad()
 def generate_guided_samples(model: DiffusionModel, reward: RewardFunction, decoder: Decoder, output_dir: str | Path,
                             indices: list[int], seed: int, method: str = "guided", reward_floor: float = 0.0,
-                            batch_size: int = 32, rank: int = 0, world_size: int = 1) -> int:
+                            batch_size: int = 32, rank: int = 0, world_size: int = 1,
+                            fingerprint: str | None = None) -> int:
     """Decode the samples ``indices`` missing from ``output_dir`` with ``decoder``, this rank's share.
 
     ``output_dir`` is a decode.py output folder: the method's settings fingerprint (fingerprints.json),
@@ -318,7 +317,9 @@ def generate_guided_samples(model: DiffusionModel, reward: RewardFunction, decod
     ``samples.csv`` and ``summary.json`` by rank 0 once every rank is done (see
     :class:`GuidedSamplesDataModule`). Sample i uses the generator decode.py would give it (seed, method,
     i): ``decode.py predict`` with the same model, reward, floor, seed and method (and no metrics) gives
-    the same samples, and could resume this folder. Returns the number of samples decoded.
+    the same samples, and could resume this folder. ``fingerprint``: the method's settings digest
+    when the caller has already checked it against ``output_dir`` (see :func:`cache_fingerprint`).
+    Returns the number of samples decoded.
     """
     from .decoding import PARTS, DecodingModule
     from .folders import check_writable
@@ -328,9 +329,10 @@ def generate_guided_samples(model: DiffusionModel, reward: RewardFunction, decod
     check_writable(output_dir, "data.cache_dir")
     device = next(model.parameters()).device
     module = DecodingModule(model, reward, {method: decoder}, reward_floor=reward_floor, seed=seed).to(device)
-    # rank 0 records the fingerprint; the others only check it (a rank that reads before the record
-    # is written finds nothing to refuse, and writes nothing)
-    fingerprint = cache_fingerprint(module, method, output_dir, record=rank == 0)
+    if fingerprint is None:
+        # rank 0 records the fingerprint; the others only check it (a rank that reads before the record
+        # is written finds nothing to refuse, and writes nothing)
+        fingerprint = cache_fingerprint(module, method, output_dir, record=rank == 0)
     done = finished_samples(output_dir, {method: fingerprint}).get(method, set())
     todo = [i for i in indices if i not in done]
     batches = [todo[k: k + batch_size] for k in range(0, len(todo), batch_size)][rank::world_size]
@@ -485,14 +487,15 @@ class GuidedSamplesDataModule(L.LightningDataModule):
         decoding = DecodingModule(model, self.reward, {method: self.decoder}, reward_floor=self.reward_floor, seed=self.seed)
         if rank == 0:  # records the settings (or refuses other ones) before any rank decodes
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            cache_fingerprint(decoding, method, self.cache_dir)
+            fingerprint = cache_fingerprint(decoding, method, self.cache_dir)
         barrier()
+        if rank != 0:
+            fingerprint = cache_fingerprint(decoding, method, self.cache_dir, record=False)
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         generate_guided_samples(model.to(device), self.reward, self.decoder, self.cache_dir, list(range(self.num_samples)),
-                                self.seed, method, self.reward_floor, self.generate_batch_size, rank, world)
+                                self.seed, method, self.reward_floor, self.generate_batch_size, rank, world, fingerprint)
         barrier()
         if rank == 0 and (not (self.cache_dir / SAMPLES_CSV).is_file() or _stale(self.cache_dir)):
-            fingerprint = cache_fingerprint(decoding, method, self.cache_dir, record=False)
             merge_guided_samples(model, self.cache_dir, method, fingerprint, self.num_samples)
         barrier()
 
