@@ -1,5 +1,6 @@
 """Shared test setup."""
 import os
+from unittest import mock
 
 import pytest
 import torch
@@ -27,15 +28,11 @@ def _one_thread():
     OMP_NUM_THREADS, else from the available cores: without this the first such run left a worker with
     2 threads (CI exports OMP_NUM_THREADS=2) for all its later tests, two workers x two threads on two
     cores (the shipped GDSS model's test took 76 s instead of 16 s). Subprocesses inherit it too."""
-    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "1"}):
+        yield
     torch.set_num_threads(threads)
-    if omp is None:
-        os.environ.pop("OMP_NUM_THREADS", None)
-    else:
-        os.environ["OMP_NUM_THREADS"] = omp
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -89,18 +90,12 @@ def _like_the_script():
     """From the repository root with one thread, as :func:`run_cli` runs a script; afterwards the float32
     matmul precision decode.py sets and the torch threads are restored for the other tests."""
     precision, threads = torch.get_float32_matmul_precision(), torch.get_num_threads()
-    omp = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
     try:
-        with contextlib.chdir(ROOT):
+        with contextlib.chdir(ROOT), mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "1"}):
             yield
     finally:
         torch.set_float32_matmul_precision(precision)
         torch.set_num_threads(threads)
-        if omp is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = omp
 
 
 def entry_point(script: str):
