@@ -51,9 +51,11 @@ def test_read_regions_errors(tmp_path):
 def test_datamodule_selects_splits_and_labels(regions):
     dm = DNARegionsDataModule(str(regions), positive="HepG2", batch_size=16)
     dm.setup()
-    tokens, labels = next(iter(dm.train_dataloader()))
+    tokens, _ = next(iter(dm.train_dataloader()))
     assert tokens.shape == (16, LENGTH) and tokens.dtype == torch.long
-    assert 0 < labels.mean() < 1
+    # every training label, not one shuffled batch (16 labels can all be one class)
+    labels = torch.cat([batch_labels for _, batch_labels in dm.train_dataloader()])
+    assert labels.numel() == 144 and 0 < labels.float().mean() < 1
     assert len(dm.datasets["train"]) == 144 and len(dm.datasets["val"]) == 48 and len(dm.datasets["test"]) == 48
     with pytest.raises(ValueError, match="data.positive"):
         DNARegionsDataModule(str(regions), positive="Liver").setup()
