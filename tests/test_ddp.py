@@ -39,13 +39,10 @@ def decode_args(paths: dict[str, Path], out: Path, num_samples: int, *extra: str
 samples = read_samples
 
 
-def part_indices(path: Path) -> list[list[int]]:
-    """The sample indices of each batch line of a part file (per line, the first method's rows)."""
-    batches = []
-    for line in path.read_text().splitlines():
-        rows = json.loads(line)["rows"]
-        batches.append([r["index"] for r in rows if r["method"] == rows[0]["method"]])
-    return batches
+def part_indices(path: Path, method: str = "pretrained") -> list[list[int]]:
+    """The sample indices of each batch of ``method`` in a part file (a line per method and batch)."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [[r["index"] for r in record["rows"]] for record in records if record["rows"][0]["method"] == method]
 
 
 def assert_complete(out: Path, n: int) -> None:
@@ -78,12 +75,12 @@ def test_ddp_predict_writes_every_sample_once_as_one_process_does(tiny, single, 
     # Lightning's predict sharding: strided by rank, no padding, uneven batch counts allowed
     assert part_indices(parts / "rank0.jsonl") == [[0, 2], [4, 6]]
     assert part_indices(parts / "rank1.jsonl") == [[1, 3], [5]]
-    # every method in every batch line
+    # a line per (method, batch), written as the method finishes the batch: every method, batch by batch
     for part in parts.glob("*.jsonl"):
-        for line in part.read_text().splitlines():
-            record = json.loads(line)
-            assert {r["method"] for r in record["rows"]} == METHODS
-            assert {s["method"] for s in record["stats"]} == METHODS
+        records = [json.loads(line) for line in part.read_text().splitlines()]
+        assert all(len({r["method"] for r in rec["rows"]}) == 1 and [s["method"] for s in rec["stats"]]
+                   == [rec["rows"][0]["method"]] for rec in records)
+        assert all(part_indices(part, m) == part_indices(part) for m in METHODS)
     assert_complete(out, 7)
     assert samples(out) == samples(single)
     assert (out / "pretrained.fasta").read_text() == (single / "pretrained.fasta").read_text()
@@ -99,14 +96,20 @@ def test_ddp_resume_decodes_only_the_missing_samples(tiny, single, tmp_path):
     out = tmp_path / "resumed"
     _copy_parts(single, out)
     part = out / "parts" / "rank0.jsonl"
-    part.write_text("\n".join(part.read_text().splitlines()[:2]) + "\n")  # killed after samples 0..3
-    assert part_indices(part) == [[0, 1], [2, 3]]
+    lines = part.read_text().splitlines()
+    # killed during the third batch (samples 4, 5): its first method had finished it, the others had not
+    part.write_text("\n".join(lines[: 2 * len(METHODS) + 1]) + "\n")
+    first = json.loads(lines[2 * len(METHODS)])["rows"][0]["method"]
+    assert part_indices(part, first) == [[0, 1], [2, 3], [4, 5]]
+    assert all(part_indices(part, m) == [[0, 1], [2, 3]] for m in METHODS - {first})
 
     res = run_decode(*decode_args(tiny, out, 7, *DDP))
     assert res.returncode == 0, res.stderr[-3000:]
-    # the DDP run sees 4, 5, 6 missing and shards them: rank 0 gets [4, 6], rank 1 gets [5]
-    assert part_indices(part)[2:] == [[4, 6]]
-    assert part_indices(out / "parts" / "rank1.jsonl") == [[5]]
+    # the DDP run sees 4, 5, 6 missing for some method and shards them: rank 0 gets [4, 6], rank 1 gets
+    # [5]; the method that had finished 4 and 5 decodes only 6
+    rank1 = out / "parts" / "rank1.jsonl"
+    assert part_indices(part, first)[3:] == [[6]] and part_indices(rank1, first) == []
+    assert all(part_indices(part, m)[2:] == [[4, 6]] and part_indices(rank1, m) == [[5]] for m in METHODS - {first})
     assert_complete(out, 7)
     assert samples(out) == samples(single)
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -24,7 +23,7 @@ def write_batch(writer: DesignWriter, rows: list[dict]) -> dict:
               "gradient_calls": 0, "reward_calls": 2, "reward_failures": 0, "value_calls": 0}
              for m in dict.fromkeys(r["method"] for r in rows)]
     prediction = {"rows": rows, "stats": stats}
-    writer.write_on_batch_end(SimpleNamespace(global_rank=0), None, prediction, None, None, 0, 0)
+    writer.write_record(0, prediction)
     return prediction
 
 

@@ -140,6 +140,31 @@ def test_sigterm_stops_the_run_in_one_line_and_the_rerun_resumes(tiny, tmp_path)
     assert rows(out) == rows(tmp_path / "full")
 
 
+class SigtermAfterFirstMethod(L.Callback):
+    """Sends this process SIGTERM once the first method has written its share of the first batch."""
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        write = pl_module.record_sink
+        if batch_idx == 0 and write is not None:
+            def write_then_stop(record: dict) -> None:
+                write(record)
+                os.kill(os.getpid(), signal.SIGTERM)
+            pl_module.record_sink = write_then_stop
+
+
+def test_sigterm_during_a_batch_keeps_the_methods_that_finished_it(tiny, tmp_path):
+    config = write_config(tiny, tmp_path / "c.yaml")
+    assert decode(config, tmp_path / "full") is None
+    out = tmp_path / "out"
+    error = decode(config, out, "--trainer.callbacks+=test_output_integrity.SigtermAfterFirstMethod")
+    assert error is not None and error.startswith("error: stopped by SIGTERM"), error
+    first = next(iter(yaml.safe_load(config.read_text())["model"]["methods"]))
+    assert sorted(part_rows(out)) == [(first, 0), (first, 1)]
+    assert decode(config, out) is None
+    assert rows(out) == rows(tmp_path / "full")
+    assert sorted(k for k in part_rows(out) if k[0] == first) == [(first, i) for i in range(4)]  # none decoded twice
+
+
 def test_results_without_recorded_settings_are_refused(tiny, tmp_path):
     config, out = write_config(tiny, tmp_path / "c.yaml"), tmp_path / "out"
     (out / "parts").mkdir(parents=True)
@@ -208,7 +233,7 @@ def test_merge_fails_with_a_count_when_requested_samples_are_missing(tmp_path):
         prediction = {"rows": [{"method": method, "index": i, "sample": "ACGT", "reward": 1.0} for i in (0, 2)],
                       "stats": [{"method": method, "n": 2, "seconds": 1.0, "denoiser_calls": 8, "gradient_calls": 0,
                                  "reward_calls": 2, "reward_failures": 0, "value_calls": 0}]}
-        writer.write_on_batch_end(SimpleNamespace(global_rank=0), None, prediction, None, None, 0, 0)
+        writer.write_record(0, prediction)
     trainer = SimpleNamespace(is_global_zero=True, strategy=_Strategy())
     with pytest.raises(ValueError, match=r"4 of 8 requested \(method, index\) results are missing from parts/ "
                                          r"\(multi-node decoding needs an output folder shared by every node\)"):

@@ -1,5 +1,9 @@
 """Decoding inside ``predict_step``: one item per requested sample, every method per batch.
 
+Each method's results for a batch are handed to ``record_sink`` (the
+:class:`~svdd_lightning.lightning.writer.DesignWriter` sets it) as soon as that method finishes the
+batch, so a run stopped during a batch keeps the methods that already finished it.
+
 A sample's randomness comes from a generator seeded by (seed, method, sample index) alone, so its
 output does not depend on the batch size, the number of processes or a resume point (SMC excepted:
 its particles are the batch). A (method, index) already decoded with the same settings in the output
@@ -9,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import lightning as L
 import torch
@@ -76,6 +80,9 @@ class DecodingModule(L.LightningModule):
         self.finished: dict[str, set[int]] = {}
         #: told of every method's batch and denoising step while a DecodeProgress callback runs
         self.progress: Any = None
+        #: receives each method's record of a batch as it finishes (set by DesignWriter); without
+        #: one, predict_step returns the batch's records together
+        self.record_sink: Callable[[dict[str, list]], None] | None = None
         check_alphabets(self.model, {"model.reward": reward, **{f"model.metrics.{k}": m for k, m in self.metrics.items()}})
 
     def method_settings(self, precision: str = "32-true", batch_size: int | None = None,
@@ -123,36 +130,45 @@ class DecodingModule(L.LightningModule):
             self.progress.step(level, num_steps)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, list]:
+        """Decode the batch's unfinished samples with every method. Each method's record (its rows and
+        compute statistics) goes to ``record_sink`` when the method is done; the records not handed
+        over are returned."""
         self._stop_if_terminated()
         indices = [i for i, spare in zip(batch["index"].tolist(), batch["spare"].tolist()) if not spare]
-        rows, stats = [], []
-        progress = self.progress
+        kept: dict[str, list] = {"rows": [], "stats": []}
         for name, decoder in self.methods.items():
             todo = [i for i in indices if i not in self.finished.get(name, ())]
             if not todo:  # every index of the batch is done for this method (or a rank's placeholder item)
                 continue
-            start = time.perf_counter()
-            generators = [torch.Generator().manual_seed(sample_seed(self.seed, name, i)) for i in todo]
-            calls, errors = self.reward.calls, self.reward.errors
-            if progress is not None:
-                progress.method_start(name, len(todo))
-            with observe_steps(self._after_step):
-                result = decoder.sample(self.model, self.reward, generators, todo)
-            if self.reward.calls > calls and self.reward.errors - errors == self.reward.calls - calls:
-                raise RewardFailure(f"reward {self.reward.name} raised on every sample of a batch of {name} "
-                                    f"({self.reward.calls - calls} samples; last: {self.reward.last_error}); "
-                                    f"check that it accepts this model's samples. Results written so far are kept")
-            columns = {key: metric(self.model, result.x0, result.samples).tolist()
-                       for key, metric in self.metrics.items()}
-            seconds = time.perf_counter() - start
-            for j, index in enumerate(todo):
-                rows.append({"method": name, "index": index, "sample": result.samples[j],
-                             "reward": float(result.rewards[j]), **{k: v[j] for k, v in columns.items()}})
-            stats.append({"method": name, "n": len(todo), "seconds": seconds, **vars(result.stats)})
-            if progress is not None:
-                progress.method_done()
-        return {"rows": rows, "stats": stats}
+            record = self._decode(name, decoder, todo)
+            if self.record_sink is not None:
+                self.record_sink(record)
+            else:
+                kept["rows"] += record["rows"]
+                kept["stats"] += record["stats"]
+        return kept
 
+    def _decode(self, name: str, decoder: Decoder, todo: list[int]) -> dict[str, list]:
+        """One method on the sample indices ``todo``: its rows (sample, reward, evaluations) and statistics."""
+        start = time.perf_counter()
+        generators = [torch.Generator().manual_seed(sample_seed(self.seed, name, i)) for i in todo]
+        calls, errors = self.reward.calls, self.reward.errors
+        progress = self.progress
+        if progress is not None:
+            progress.method_start(name, len(todo))
+        with observe_steps(self._after_step):
+            result = decoder.sample(self.model, self.reward, generators, todo)
+        if self.reward.calls > calls and self.reward.errors - errors == self.reward.calls - calls:
+            raise RewardFailure(f"reward {self.reward.name} raised on every sample of a batch of {name} "
+                                f"({self.reward.calls - calls} samples; last: {self.reward.last_error}); "
+                                f"check that it accepts this model's samples. Results written so far are kept")
+        columns = {key: metric(self.model, result.x0, result.samples).tolist() for key, metric in self.metrics.items()}
+        seconds = time.perf_counter() - start
+        rows = [{"method": name, "index": index, "sample": result.samples[j], "reward": float(result.rewards[j]),
+                 **{k: v[j] for k, v in columns.items()}} for j, index in enumerate(todo)]
+        if progress is not None:
+            progress.method_done()
+        return {"rows": rows, "stats": [{"method": name, "n": len(todo), "seconds": seconds, **vars(result.stats)}]}
 
 def _reward_parts(fn: Any, depth: int = 0) -> Iterator[Any]:
     """A reward callable and the rewards it wraps (weighted sums, proxies, evaluation metrics)."""

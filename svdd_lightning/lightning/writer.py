@@ -5,10 +5,11 @@ Before any work, global rank 0 checks that the output folder is writable, takes 
 in ``fingerprints.json``: a method decoded there with other settings is refused (``overwrite``
 discards its results instead), a method with the same settings resumes, a new method is decoded.
 
-During prediction every process appends each finished batch to ``parts/rank<R>.jsonl`` (flushed,
-so a killed run loses at most the batch in flight and resumes from the rest); each method's entry
-carries its settings' fingerprint. When prediction ends, global rank 0 merges the parts, keeps one
-row per requested (method, index) decoded with this run's settings, and writes:
+During prediction every process appends each method's results for a batch to ``parts/rank<R>.jsonl``
+as soon as that method has decoded the batch (flushed, so a killed run loses at most one method's
+batch in flight and resumes from the rest); each entry carries the method's settings' fingerprint.
+When prediction ends, global rank 0 merges the parts, keeps one row per requested (method, index)
+decoded with this run's settings, and writes:
 
 - per method, the files of its samples (``sample_files``: the model's choice, see
   :mod:`svdd_lightning.sample_files`; SMILES and molecule grids for molecules; PNGs and a grid for images);
@@ -32,7 +33,7 @@ from typing import Any, Callable, Iterator
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import Callback
 
 from ..evaluation import distinct_fraction, quantile_summary
 from ..sample_files import FastaFiles, JsonlFiles, SampleFiles, sample_files_for
@@ -46,7 +47,7 @@ COMPUTE_FIELDS = ("denoiser_calls", "gradient_calls", "reward_calls", "reward_fa
 FINGERPRINTS = "fingerprints.json"
 
 
-class DesignWriter(BasePredictionWriter):
+class DesignWriter(Callback):
     """Prediction writer for :class:`DecodingModule` results.
 
     Args:
@@ -61,7 +62,7 @@ class DesignWriter(BasePredictionWriter):
 
     def __init__(self, output_dir: str = "results", set_metrics: dict[str, Callable[[list], float]] | None = None,
                  sample_files: SampleFiles | None = None, overwrite: bool = False) -> None:
-        super().__init__(write_interval="batch")
+        super().__init__()
         self.output_dir = Path(output_dir)
         self.set_metrics = set_metrics or {}
         self.sample_files = sample_files
@@ -118,15 +119,16 @@ class DesignWriter(BasePredictionWriter):
         finished = finished_samples(self.output_dir, digests)
         return {"error": None, "digests": digests, "finished": {m: sorted(v) for m, v in finished.items()}}
 
-    # --- as batches finish -----------------------------------------------------------------------------
-    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
-                           batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
-        if not prediction["rows"]:
-            return
-        rows = [{**r, "sample": self.sample_files.encode(r["sample"])} for r in prediction["rows"]]
-        stats = [{**s, "fingerprint": self.digests.get(s["method"])} for s in prediction["stats"]]
-        _append_line(self.output_dir / PARTS / f"rank{trainer.global_rank}.jsonl",
-                     json.dumps({"rows": rows, "stats": stats}))
+    # --- as methods finish batches -------------------------------------------------------------------------
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        rank = trainer.global_rank
+        pl_module.record_sink = lambda record: self.write_record(rank, record)
+
+    def write_record(self, rank: int, record: dict[str, list]) -> None:
+        """Append one method's results for a batch (:meth:`DecodingModule.predict_step`) to rank ``rank``'s part."""
+        rows = [{**r, "sample": self.sample_files.encode(r["sample"])} for r in record["rows"]]
+        stats = [{**s, "fingerprint": self.digests.get(s["method"])} for s in record["stats"]]
+        _append_line(self.output_dir / PARTS / f"rank{rank}.jsonl", json.dumps({"rows": rows, "stats": stats}))
 
     # --- at the end --------------------------------------------------------------------------------------
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -155,6 +157,8 @@ class DesignWriter(BasePredictionWriter):
         return {**labels, **{k: axis_label(k, m) for k, m in getattr(pl_module, "metrics", {}).items()}}
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if getattr(pl_module, "record_sink", None) is not None:
+            pl_module.record_sink = None
         self._release()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
