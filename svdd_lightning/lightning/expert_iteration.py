@@ -35,7 +35,7 @@ import yaml
 from .. import checkpoints
 from ..paths import find
 from .cli import _one_line_errors, main_train
-from .rollouts import _atomic_write
+from .folders import atomic_write
 
 ROUND_RECORD = "round.json"
 EXPORT = "svdd_lightning.lightning.training.ExportBest"
@@ -140,10 +140,10 @@ def expert_iteration(config: str | Path, rounds: int, output_dir: str | Path | N
             print(f"round {k}: finished earlier ({record_path}), skipped")
         else:
             record = _run_round(base, k, previous, reference, directory, [*extra_args, *scheduled_args(schedule, k)])
-            _atomic_write(record_path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+            atomic_write(record_path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
         records.append(record)
         previous = record["model"]
-    _atomic_write(output_dir / "rounds.json", lambda tmp: tmp.write_text(json.dumps(records, indent=2) + "\n"))
+    atomic_write(output_dir / "rounds.json", lambda tmp: tmp.write_text(json.dumps(records, indent=2) + "\n"))
     return records
 
 

@@ -8,6 +8,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 LOCK = ".decode.lock"
 
@@ -85,10 +86,14 @@ def read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write a text file through a temporary name and a rename: a reader sees the old or the new file."""
+def atomic_write(path: Path, content: str | Callable[[Path], object]) -> None:
+    """Write a file through a temporary name and a rename: a reader sees the old or the new file.
+    ``content`` is the text, or a function that writes the file at the path it is given."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    if callable(content):
+        content(tmp)
+    else:
+        tmp.write_text(content)
     os.replace(tmp, path)
 
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import lightning as L
 import torch
@@ -35,6 +34,7 @@ from ..core.state import State, batch_size, concat_rows, index_rows
 from ..paths import find
 from ..sequence_metrics import read_fasta
 from ..seeds import sample_seed
+from .folders import atomic_write
 
 SOURCES = ("rollouts", "forward_noising")
 SPLITS = ("train", "val")
@@ -248,7 +248,7 @@ class RolloutDataModule(L.LightningDataModule):
             clean = self._clean_samples()[indices[0]: indices[-1] + 1]
             data = forward_noised_pairs(model, self.reward, clean, indices, self.seed, self.levels_per_rollout)
         if path is not None:
-            _atomic_write(path, lambda tmp: save_file(_flatten_leaves(data), str(tmp)))
+            atomic_write(path, lambda tmp: save_file(_flatten_leaves(data), str(tmp)))
         seconds = max(time.perf_counter() - start, 1e-9)
         print(f"{self.source}: {split} shard {k} ({len(indices)} rollouts, {len(data['t'])} pairs) in {seconds:.1f} s, "
               f"{len(indices) / seconds:.1f} rollouts/s", file=sys.stderr, flush=True)
@@ -319,7 +319,7 @@ class RolloutDataModule(L.LightningDataModule):
                                  f"use a new cache_dir")
             return
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n"))
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n"))
 
 
 def _model_identity(model: str | DiffusionModel) -> str:
@@ -366,9 +366,3 @@ def _unflatten(flat: dict[str, Tensor]) -> dict[str, State]:
             data[key] = t
     return data
 
-
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temporary name and rename, so that a reader never sees a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
