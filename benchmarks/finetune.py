@@ -15,9 +15,9 @@ Stages, each resumable (a killed run continues; ``--max-stages K`` stops after K
 
 Then it prints and writes ``benchmarks/results/finetune_<name>_<accelerator>.json`` (``--name``, default: the
 task) and a plot of the reward against naturalness across rounds (``.png``). ``--config`` runs the rounds
-with another fine-tuning config and ``--schedule KEY=V1,V2,...`` sets a setting per round (as
-``finetune.py --schedule``); give such a run its own ``--name`` so that the runs and results of the
-shipped config are kept. Denoiser calls per sample are given for sampling
+with another fine-tuning config (repeat it to compose an overlay over the task's config) and
+``--schedule KEY=V1,V2,...`` sets a setting per round (as ``finetune.py --schedule``); give such a run
+its own ``--name`` so that the runs and results of the shipped config are kept. Denoiser calls per sample are given for sampling
 alone and with the one-time cost of generating the fine-tuning sets (all rounds so far) spread over
 1,000 and 10,000 designs, with the number of designs at which fine-tuning breaks even with SVDD-PM
 from the pretrained model.
@@ -37,6 +37,9 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from svdd_lightning.lightning.expert_iteration import read_configs  # noqa: E402
 
 TASKS = {
     "dna": {"compare": "configs/dna/compare.yaml", "finetune": "configs/dna/finetune.yaml",
@@ -83,7 +86,8 @@ def run_eval(task: dict, model: str, out: Path, args: argparse.Namespace) -> Non
 
 
 def run_round(task: dict, k: int, out: Path, args: argparse.Namespace) -> None:
-    subprocess.run([sys.executable, str(ROOT / "finetune.py"), "--config", task["finetune"], "--rounds", str(k),
+    configs = [arg for config in task["finetune"] for arg in ("--config", config)]
+    subprocess.run([sys.executable, str(ROOT / "finetune.py"), *configs, "--rounds", str(k),
                     "--output_dir", str(out / "iteration"), "--trainer.accelerator", args.accelerator,
                     "--trainer.enable_progress_bar", "false", *(f"--schedule={item}" for item in args.schedule)],
                    cwd=ROOT, check=True)
@@ -97,7 +101,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--optimus", default=None, help="Optimus 5-Prime HDF5 weights (utr_mrl)")
-    parser.add_argument("--config", default=None, help="fine-tuning config of one round (default: the task's)")
+    parser.add_argument("--config", action="append", default=None,
+                        help="fine-tuning config of one round (default: the task's); repeat to compose configs, "
+                             "e.g. the task's config and an overlay")
     parser.add_argument("--schedule", action="append", default=[], metavar="KEY=V1,V2,...",
                         help="finetune.py --schedule: a fine-tuning setting per round (repeatable)")
     parser.add_argument("--name", default=None, help="names the results file and the default output folder "
@@ -106,10 +112,10 @@ def main() -> None:
     parser.add_argument("--max-stages", type=int, default=None, help="stop after this many unfinished stages")
     args = parser.parse_args()
     task = dict(TASKS[args.task])
-    if args.config:
-        if not (ROOT / args.config).is_file():
-            sys.exit(f"error: --config: no file {args.config}")
-        task["finetune"] = args.config
+    task["finetune"] = args.config or [task["finetune"]]
+    for config in task["finetune"]:
+        if not (ROOT / config).is_file():
+            sys.exit(f"error: --config: no file {config}")
     args.name = args.name or args.task
     if task["oracle"] == "optimus5prime" and not (args.optimus and Path(args.optimus).is_file()):
         sys.exit("error: --optimus: give the Optimus 5-Prime HDF5 weights (evolution_model.hdf5) for the UTR task")
@@ -154,7 +160,7 @@ def _row(entry: dict, oracle: str) -> dict:
 def report(args: argparse.Namespace, task: dict, out: Path, stages: dict) -> None:
     oracle = task["oracle"]
     rounds = json.loads((out / "iteration" / "rounds.json").read_text())[: args.rounds]
-    finetune_config = yaml.safe_load((ROOT / task["finetune"]).read_text())
+    finetune_config = read_configs([ROOT / config for config in task["finetune"]])
     table, one_time = [], 0.0
     for k in range(args.rounds + 1):
         summary = json.loads((out / f"eval_{k}" / "summary.json").read_text())

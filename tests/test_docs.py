@@ -121,7 +121,7 @@ def check_command(words: list[str], seen: set) -> None:
         run_cli(main_train, words[1:] if words[0] == "svdd-train" else words[2:])
     elif words[0] == "svdd-finetune" or program == "python finetune.py":  # each round is a train.py fit
         known, overrides = finetune_parser().parse_known_args(words[1:] if words[0] == "svdd-finetune" else words[2:])
-        run_cli(main_train, ["fit", "--config", known.config, *overrides])
+        run_cli(main_train, ["fit", *(arg for config in known.config for arg in ("--config", config)), *overrides])
     elif words[0] == "python" and words[1].startswith("benchmarks/"):
         script = ROOT / words[1]
         argv = sys.argv

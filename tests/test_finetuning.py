@@ -16,7 +16,8 @@ from svdd_lightning import SVDD, PosteriorMeanValue, PretrainedSampling, checkpo
 from svdd_lightning.core.reward import RewardFunction
 from svdd_lightning.evaluation import ELBOMetric
 from svdd_lightning.lightning.decoding import DecodingModule
-from svdd_lightning.lightning.expert_iteration import expert_iteration, parse_schedule, scheduled_args
+from svdd_lightning.lightning.expert_iteration import (compose, expert_iteration, parse_schedule, read_configs,
+                                                     scheduled_args)
 from svdd_lightning.lightning.finetuning import (GuidedFineTuning, GuidedSamplesDataModule, MaskedDiffusionObjective,
                                                  generate_guided_samples, read_decode_run, reward_weights)
 from svdd_lightning.lightning.training import ExportBest
@@ -263,6 +264,28 @@ def test_expert_iteration_runs_rounds_and_resumes(tiny, tmp_path):
     assert (out / "round_2" / "generated" / "parts" / "rank0.jsonl").read_text() == parts  # its samples were reused
     with pytest.raises(ValueError, match="--data.init_args.seed is set by each round"):
         expert_iteration(path, 2, out, ["--data.init_args.seed=4"])
+
+
+def test_configs_compose_in_order_and_a_new_class_path_replaces_the_component():
+    base = {"model": {"class_path": "A", "init_args": {"x": 1, "y": 2}},
+            "data": {"init_args": {"value": {"class_path": "P", "init_args": {"a": 1}}, "keep": [1]}}}
+    overlay = {"model": {"init_args": {"y": 3}}, "data": {"init_args": {"value": {"class_path": "Q", "init_args": {"b": 2}}}}}
+    assert compose(base, overlay) == {"model": {"class_path": "A", "init_args": {"x": 1, "y": 3}},
+                                      "data": {"init_args": {"value": {"class_path": "Q", "init_args": {"b": 2}},
+                                                             "keep": [1]}}}
+    assert base["model"]["init_args"]["y"] == 2  # the inputs are not changed
+    # the shipped overlay: the posterior-sampling value in the otherwise unchanged SVDD, its own folders
+    composed = read_configs(["configs/dna/finetune.yaml", "configs/dna/finetune_ps.yaml"])
+    shipped = read_configs("configs/dna/finetune.yaml")
+    data, decoder = composed["data"]["init_args"], composed["data"]["init_args"]["decoder"]
+    assert decoder["init_args"]["value"] == {"class_path": "svdd_lightning.PosteriorSamplingValue",
+                                             "init_args": {"num_samples": 4}}
+    assert {k: v for k, v in decoder["init_args"].items() if k != "value"} == {
+        k: v for k, v in shipped["data"]["init_args"]["decoder"]["init_args"].items() if k != "value"}
+    assert data["method"] == "svdd_ps" and data["cache_dir"] == "runs/dna_finetune_ps/generated"
+    assert composed["model"] == shipped["model"]
+    with pytest.raises(FileNotFoundError, match="--config: no file configs/dna/nothing.yaml"):
+        read_configs(["configs/dna/finetune.yaml", "configs/dna/nothing.yaml"])
 
 
 def test_schedule_gives_each_round_its_value_and_the_last_after():

@@ -1,10 +1,12 @@
 """Expert iteration: rounds of generate -> fine-tune -> generate from the fine-tuned model.
 
-    python finetune.py --config configs/dna/finetune.yaml --rounds 3 [--output_dir DIR] [--schedule KEY=V1,V2,...]
-        [train.py fit overrides]
+    python finetune.py --config configs/dna/finetune.yaml [--config OVERLAY.yaml] --rounds 3 [--output_dir DIR]
+        [--schedule KEY=V1,V2,...] [train.py fit overrides]
 
 The config is a ``train.py fit`` config of one round (:class:`GuidedFineTuning` over a
-:class:`GuidedSamplesDataModule` that generates its samples with a decoder). Round k (1, 2, ...):
+:class:`GuidedSamplesDataModule` that generates its samples with a decoder); several ``--config``
+compose as in ``train.py``: each later file's settings replace the earlier ones' (a component given
+with another ``class_path`` replaces the earlier component whole). Round k (1, 2, ...):
 
 1. the decoder draws the fine-tuning set from round k-1's model (round 1: the config's model) into
    ``DIR/round_<k>/generated`` (decode.py's format: ``samples.csv``, ``summary.json`` with the reward
@@ -110,21 +112,47 @@ def _check(base: dict, config: str, extra_args: list[str]) -> None:
                              f"--output_dir); change it in the config instead")
 
 
-def expert_iteration(config: str | Path, rounds: int, output_dir: str | Path | None = None,
+def compose(base: dict, overlay: dict) -> dict:
+    """``overlay``'s settings over ``base``'s, nested dicts merged key by key; a dict whose ``class_path``
+    differs from the base's replaces it whole (its ``init_args`` belong to another class)."""
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        old = merged.get(key)
+        if (isinstance(old, dict) and isinstance(value, dict)
+                and value.get("class_path", old.get("class_path")) == old.get("class_path")):
+            merged[key] = compose(old, value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def read_configs(configs: str | Path | list[str | Path] | tuple[str | Path, ...]) -> dict:
+    """The configs, found as ``train.py`` finds them and composed in order (:func:`compose`)."""
+    composed: dict = {}
+    for config in [configs] if isinstance(configs, (str, Path)) else configs:
+        path = find(config)  # a shipped config from any working directory
+        if not path.is_file():
+            raise FileNotFoundError(f"--config: no file {config}")
+        text = yaml.safe_load(path.read_text())
+        if not isinstance(text, dict):
+            raise ValueError(f"--config {config}: expected a YAML mapping of train.py fit settings")
+        composed = compose(composed, text)
+    return composed
+
+
+def expert_iteration(config: str | Path | list[str | Path], rounds: int, output_dir: str | Path | None = None,
                      extra_args: list[str] | tuple[str, ...] = (),
                      schedule: list[str] | dict[str, list] | None = None) -> list[dict]:
     """Run (or finish) rounds 1 .. ``rounds`` of expert iteration; returns the rounds' records.
 
-    ``output_dir`` defaults to the config's ``trainer.default_root_dir``; ``extra_args`` are
-    ``train.py fit`` overrides applied to every round (not the settings in ``MANAGED``);
-    ``schedule`` sets settings per round (``["model.data_weight=0.1,1.0"]``: round 1 0.1, later 1.0).
+    ``config`` is one config or a list composed in order; ``output_dir`` defaults to the config's
+    ``trainer.default_root_dir``; ``extra_args`` are ``train.py fit`` overrides applied to every round
+    (not the settings in ``MANAGED``); ``schedule`` sets settings per round
+    (``["model.data_weight=0.1,1.0"]``: round 1 0.1, later 1.0).
     """
-    config = find(config)  # a shipped config from any working directory, as train.py finds them
-    if not config.is_file():
-        raise FileNotFoundError(f"--config: no file {config}")
-    base = yaml.safe_load(config.read_text())
+    base = read_configs(config)
     extra_args = list(extra_args)
-    _check(base, str(config), extra_args)
+    _check(base, " + ".join(map(str, [config] if isinstance(config, (str, Path)) else config)), extra_args)
     schedule = parse_schedule(schedule)
     if rounds < 1:
         raise ValueError(f"--rounds must be >= 1, got {rounds}")
@@ -140,10 +168,10 @@ def expert_iteration(config: str | Path, rounds: int, output_dir: str | Path | N
             print(f"round {k}: finished earlier ({record_path}), skipped")
         else:
             record = _run_round(base, k, previous, reference, directory, [*extra_args, *scheduled_args(schedule, k)])
-            atomic_write(record_path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+            atomic_write(record_path, json.dumps(record, indent=2) + "\n")
         records.append(record)
         previous = record["model"]
-    atomic_write(output_dir / "rounds.json", lambda tmp: tmp.write_text(json.dumps(records, indent=2) + "\n"))
+    atomic_write(output_dir / "rounds.json", json.dumps(records, indent=2) + "\n")
     return records
 
 
@@ -168,7 +196,8 @@ def parser() -> argparse.ArgumentParser:
     """The options of ``finetune.py``; the arguments it does not know are ``train.py fit`` overrides."""
     parser = argparse.ArgumentParser(prog="finetune.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="train.py fit config of one round (GuidedFineTuning)")
+    parser.add_argument("--config", required=True, action="append",
+                        help="train.py fit config of one round (GuidedFineTuning); repeat to compose configs")
     parser.add_argument("--rounds", type=int, required=True, help="total number of rounds (finished ones are skipped)")
     parser.add_argument("--output_dir", default=None, help="default: the config's trainer.default_root_dir")
     parser.add_argument("--schedule", action="append", default=[], metavar="KEY=V1,V2,...",
