@@ -120,7 +120,7 @@ class DecodingModule(L.LightningModule):
 
     def _stop_if_terminated(self) -> None:
         if self._trainer is not None and getattr(self._trainer, "received_sigterm", False):
-            raise Terminated("stopped by SIGTERM; the batches finished so far are written: run the same command "
+            raise Terminated("stopped by SIGTERM; every batch a method finished is written: run the same command "
                              "with the same --output_dir to resume")
 
     def _after_step(self, level: int, num_steps: int) -> None:
