@@ -170,6 +170,7 @@ class DecodingModule(L.LightningModule):
             progress.method_done()
         return {"rows": rows, "stats": [{"method": name, "n": len(todo), "seconds": seconds, **vars(result.stats)}]}
 
+
 def _reward_parts(fn: Any, depth: int = 0) -> Iterator[Any]:
     """A reward callable and the rewards it wraps (weighted sums, proxies, evaluation metrics)."""
     yield fn

@@ -150,9 +150,10 @@ def expert_iteration(config: str | Path | list[str | Path], rounds: int, output_
     (not the settings in ``MANAGED``); ``schedule`` sets settings per round
     (``["model.data_weight=0.1,1.0"]``: round 1 0.1, later 1.0).
     """
-    base = read_configs(config)
+    configs = [config] if isinstance(config, (str, Path)) else list(config)
+    base = read_configs(configs)
     extra_args = list(extra_args)
-    _check(base, " + ".join(map(str, [config] if isinstance(config, (str, Path)) else config)), extra_args)
+    _check(base, " + ".join(map(str, configs)), extra_args)
     schedule = parse_schedule(schedule)
     if rounds < 1:
         raise ValueError(f"--rounds must be >= 1, got {rounds}")

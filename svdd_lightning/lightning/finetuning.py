@@ -20,7 +20,6 @@ round's search, this is expert iteration (:mod:`svdd_lightning.lightning.expert_
 from __future__ import annotations
 
 import csv
-import json
 import math
 import sys
 import time
@@ -321,9 +320,9 @@ def generate_guided_samples(model: DiffusionModel, reward: RewardFunction, decod
     when the caller has already checked it against ``output_dir`` (see :func:`cache_fingerprint`).
     Returns the number of samples decoded.
     """
-    from .decoding import PARTS, DecodingModule
+    from .decoding import DecodingModule
     from .folders import check_writable
-    from .writer import _append_line, finished_samples
+    from .writer import append_record, finished_samples
 
     output_dir = Path(output_dir)
     check_writable(output_dir, "data.cache_dir")
@@ -343,9 +342,7 @@ def generate_guided_samples(model: DiffusionModel, reward: RewardFunction, decod
     start, count, total = time.perf_counter(), 0, sum(map(len, batches))
     for batch in batches:
         prediction = module.predict_step({"index": torch.tensor(batch), "spare": torch.zeros(len(batch), dtype=torch.bool)}, 0)
-        rows = [{**r, "sample": files.encode(r["sample"])} for r in prediction["rows"]]
-        stats = [{**s, "fingerprint": fingerprint} for s in prediction["stats"]]
-        _append_line(output_dir / PARTS / f"rank{rank}.jsonl", json.dumps({"rows": rows, "stats": stats}))
+        append_record(output_dir, rank, prediction, files, {method: fingerprint})
         count += len(batch)
         seconds = time.perf_counter() - start
         print(f"guided samples ({method}): {count}/{total} of rank {rank} in {seconds:.0f} s "

@@ -319,7 +319,7 @@ class RolloutDataModule(L.LightningDataModule):
                                  f"use a new cache_dir")
             return
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n"))
+        atomic_write(path, json.dumps(expected, indent=2, sort_keys=True) + "\n")
 
 
 def _model_identity(model: str | DiffusionModel) -> str:

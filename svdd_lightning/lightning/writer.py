@@ -126,9 +126,7 @@ class DesignWriter(Callback):
 
     def write_record(self, rank: int, record: dict[str, list]) -> None:
         """Append one method's results for a batch (:meth:`DecodingModule.predict_step`) to rank ``rank``'s part."""
-        rows = [{**r, "sample": self.sample_files.encode(r["sample"])} for r in record["rows"]]
-        stats = [{**s, "fingerprint": self.digests.get(s["method"])} for s in record["stats"]]
-        _append_line(self.output_dir / PARTS / f"rank{rank}.jsonl", json.dumps({"rows": rows, "stats": stats}))
+        append_record(self.output_dir, rank, record, self.sample_files, self.digests)
 
     # --- at the end --------------------------------------------------------------------------------------
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -157,7 +155,7 @@ class DesignWriter(Callback):
         return {**labels, **{k: axis_label(k, m) for k, m in getattr(pl_module, "metrics", {}).items()}}
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if getattr(pl_module, "record_sink", None) is not None:
+        if hasattr(pl_module, "record_sink"):
             pl_module.record_sink = None
         self._release()
 
@@ -230,6 +228,15 @@ def drop_methods(folder: Path, methods: set[str]) -> None:
         kept[part].extend([json.dumps(record)] if record["rows"] else [])
     for part in sorted((folder / PARTS).glob("*.jsonl")):
         atomic_write(part, "".join(line + "\n" for line in kept.get(part, [])))
+
+
+def append_record(folder: Path, rank: int, record: dict[str, list], sample_files: SampleFiles,
+                  digests: dict[str, str]) -> None:
+    """Append a record of :meth:`DecodingModule.predict_step` (rows and statistics) to ``folder``'s part of
+    rank ``rank``: samples in their JSON-able form, each method's statistics with its settings digest."""
+    rows = [{**r, "sample": sample_files.encode(r["sample"])} for r in record["rows"]]
+    stats = [{**s, "fingerprint": digests.get(s["method"])} for s in record["stats"]]
+    _append_line(folder / PARTS / f"rank{rank}.jsonl", json.dumps({"rows": rows, "stats": stats}))
 
 
 def _append_line(path: Path, line: str) -> None:
