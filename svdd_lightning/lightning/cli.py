@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import inspect
 import os
@@ -55,11 +56,21 @@ def _one_line_errors(build: Callable[[], LightningCLI]) -> LightningCLI:
         message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
         if isinstance(err, MisconfigurationException):
             message = f"trainer: {message}"
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()  # else the process aborts on exit under DDP
+        _end_process_group()
         if isinstance(err, ReportedByRankZero):
             sys.exit(1)
         sys.exit(f"error: {' '.join(_condense(message).split())} (SVDD_DEBUG=1 shows the traceback)")
+
+
+def _end_process_group() -> None:
+    """Close a DDP process group: left open at exit, gloo's threads can abort the process ("terminate
+    called without an active exception") after the work has succeeded. Registered with ``atexit``, so
+    that a command running several fits in one process (``finetune.py``) keeps its group between them."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+atexit.register(_end_process_group)
 
 
 def _shipped_configs(args: list[str] | None) -> list[str] | None:
