@@ -250,7 +250,9 @@ def test_expert_iteration_runs_rounds_and_resumes(tiny, tmp_path):
     assert records[1]["generated_from"] == str(out / "round_1" / "model")
     assert records[1]["reference"] == str(tiny["mdlm"])  # every round is anchored to the original model
     assert records[1]["generated"]["svdd_pm"]["n"] == 6
-    round_2 = yaml.safe_load((out / "round_2" / "config.yaml").read_text())
+    round_2_text = (out / "round_2" / "fit_config.yaml").read_text()
+    assert round_2_text.startswith("# applied on top by finetune.py for this round: --model.data_weight=0.25\n")
+    round_2 = yaml.safe_load(round_2_text)
     assert round_2["data"]["init_args"]["seed"] == data["seed"] + 1
     assert checkpoints.metadata(out / "round_2" / "model")["finetuning"]["reference"] == str(tiny["mdlm"])
     assert checkpoints.metadata(out / "round_2" / "model")["finetuning"]["data_weight"] == 0.25

@@ -178,8 +178,10 @@ def expert_iteration(config: str | Path | list[str | Path], rounds: int, output_
 
 def _run_round(base: dict, k: int, previous: str, reference: str, directory: Path, extra_args: list[str]) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
-    config_path = directory / "config.yaml"
-    config_path.write_text(yaml.safe_dump(round_config(base, k, previous, reference, directory), sort_keys=False))
+    # the fit's input; not config.yaml, which is LightningCLI's record of the effective config (with extra_args)
+    config_path = directory / "fit_config.yaml"
+    header = "".join(f"# applied on top by finetune.py for this round: {arg}\n" for arg in extra_args)
+    config_path.write_text(header + yaml.safe_dump(round_config(base, k, previous, reference, directory), sort_keys=False))
     print(f"round {k}: generating from and fine-tuning {previous} -> {directory / 'model'}")
     start = time.time()
     main_train(["fit", "--config", str(config_path), *extra_args])
