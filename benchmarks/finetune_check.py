@@ -13,10 +13,7 @@ bootstrap 95% interval, and the targets (1× median at least SVDD-PM's, 3-mer r 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
-import platform
 import random
 import shutil
 import statistics
@@ -31,7 +28,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from svdd_lightning.lightning.finetuning import read_decode_run  # noqa: E402
 from svdd_lightning.sequence_metrics import kmer_frequencies, read_fasta  # noqa: E402
+from svdd_lightning.threads import machine_record  # noqa: E402
 
 ARMS = {"svdd_pm_from_pretrained": (0, "svdd_pm"), "finetuned_1x": (None, "pretrained")}
 
@@ -63,13 +62,10 @@ def extend(run: Path, k: int, method: str, n: int, args: argparse.Namespace) -> 
 
 def read_arm(folder: Path, method: str, n: int) -> tuple[list[str], list[float]]:
     """Sequences and rewards of ``method``'s designs 0 .. n-1 in a decode output folder."""
-    with open(folder / "samples.csv", newline="") as handle:
-        rows = sorted((int(r["index"]), r["sequence"], float(r["reward"])) for r in csv.DictReader(handle)
-                      if r["method"] == method)
-    rows = rows[:n]
-    if len(rows) < n:
-        raise ValueError(f"{folder} holds {len(rows)} designs of {method}, fewer than --num-samples {n}")
-    return [s for _, s, _ in rows], [r for _, _, r in rows]
+    _, indices, samples, rewards = read_decode_run(folder, method)
+    if len(indices) < n:
+        raise ValueError(f"{folder} holds {len(indices)} designs of {method}, fewer than --num-samples {n}")
+    return samples[:n], rewards[:n].tolist()
 
 
 def bootstrap(finetuned: tuple[list[str], list[float]], svdd: tuple[list[str], list[float]], reference: list[str],
@@ -131,7 +127,7 @@ def main() -> None:
                  f"SVDD-PM (M = 10) from the pretrained model and 1x sampling from round {args.round}'s model of "
                  f"benchmarks/results/finetune_{args.name}_{args.accelerator}.json"),
         "command": "python benchmarks/finetune_check.py " + " ".join(sys.argv[1:]),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+        "machine": machine_record(),
         "decode_seconds_this_invocation": seconds,
         **{arm: {"folder": a["folder"], **a["summary"]} for arm, a in arms.items()},
         "reward_median_difference": ft["reward"]["median"] - svdd["reward"]["median"],
