@@ -79,8 +79,14 @@ def run_eval(task: dict, model: str, out: Path, args: argparse.Namespace) -> Non
     out.mkdir(parents=True, exist_ok=True)
     config = out.with_suffix(".yaml")
     config.write_text(yaml.safe_dump(eval_config(task, model, args.optimus), sort_keys=False))
+    decode(config, out, args.num_samples, args)
+
+
+def decode(config: Path, out: Path, num_samples: int, args: argparse.Namespace) -> None:
+    """``decode.py predict`` of ``config`` into ``out`` (resumes), designs 0 .. num_samples-1, with the
+    benchmark's batch size and accelerator."""
     subprocess.run([sys.executable, str(ROOT / "decode.py"), "predict", "--config", str(config), "--output_dir", str(out),
-                    "--data.num_samples", str(args.num_samples), "--data.batch_size", str(args.batch_size),
+                    "--data.num_samples", str(num_samples), "--data.batch_size", str(args.batch_size),
                     "--trainer.accelerator", args.accelerator, "--trainer.enable_progress_bar", "false"],
                    cwd=ROOT, check=True)
 

@@ -13,11 +13,11 @@ bootstrap 95% interval, and the targets (1× median at least SVDD-PM's, 3-mer r 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,8 +28,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.finetune import decode  # noqa: E402
 from svdd_lightning.lightning.finetuning import read_decode_run  # noqa: E402
-from svdd_lightning.sequence_metrics import kmer_frequencies, read_fasta  # noqa: E402
+from svdd_lightning.sequence_metrics import kmer_frequencies, pearson, read_fasta  # noqa: E402
 from svdd_lightning.threads import machine_record  # noqa: E402
 
 ARMS = {"svdd_pm_from_pretrained": (0, "svdd_pm"), "finetuned_1x": (None, "pretrained")}
@@ -37,7 +38,7 @@ ARMS = {"svdd_pm_from_pretrained": (0, "svdd_pm"), "finetuned_1x": (None, "pretr
 
 def arm_config(eval_config: dict, method: str) -> dict:
     """A benchmark evaluation config reduced to one method."""
-    config = json.loads(json.dumps(eval_config))
+    config = copy.deepcopy(eval_config)
     config["model"]["methods"] = {method: config["model"]["methods"][method]}
     return config
 
@@ -53,10 +54,7 @@ def extend(run: Path, k: int, method: str, n: int, args: argparse.Namespace) -> 
     config.write_text(yaml.safe_dump(arm_config(yaml.safe_load(source.with_suffix(".yaml").read_text()), method),
                                      sort_keys=False))
     start = time.time()
-    subprocess.run([sys.executable, str(ROOT / "decode.py"), "predict", "--config", str(config), "--output_dir", str(out),
-                    "--data.num_samples", str(n), "--data.batch_size", str(args.batch_size),
-                    "--trainer.accelerator", args.accelerator, "--trainer.enable_progress_bar", "false"],
-                   cwd=ROOT, check=True)
+    decode(config, out, n, args)
     return time.time() - start
 
 
@@ -82,7 +80,7 @@ def bootstrap(finetuned: tuple[list[str], list[float]], svdd: tuple[list[str], l
         diffs.append(statistics.median(finetuned[1][i] for i in picks["finetuned_1x"])
                      - statistics.median(svdd[1][i] for i in picks["svdd_pm_from_pretrained"]))
         for name, c in counts.items():
-            kmers[name].append(float(torch.corrcoef(torch.stack([c[picks[name]].sum(0), ref]))[0, 1]))
+            kmers[name].append(pearson(c[picks[name]].sum(0), ref))
 
     def interval(values: list[float]) -> list[float]:
         values = sorted(values)

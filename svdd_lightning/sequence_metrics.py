@@ -51,10 +51,11 @@ def read_fasta(path: str | Path) -> list[str]:
 
 def kmer_correlation(designs: list[str], reference: list[str], k: int = 3) -> float:
     """Pearson correlation of the k-mer frequencies of two sets of sequences."""
-    return _pearson(kmer_frequencies(designs, k), kmer_frequencies(reference, k))
+    return pearson(kmer_frequencies(designs, k), kmer_frequencies(reference, k))
 
 
-def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation of two k-mer count vectors."""
     return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
 
 
@@ -67,7 +68,7 @@ class KmerCorrelation:
         self.name = name or f"{k}mer_pearson"
 
     def __call__(self, sequences: list[str]) -> float:
-        return _pearson(kmer_frequencies(sequences, self.k), self.reference)
+        return pearson(kmer_frequencies(sequences, self.k), self.reference)
 
 
 class GCContent(RewardFunction):
