@@ -4,8 +4,10 @@ failed evaluation rows. Decodes run in this process on tiny random checkpoints."
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -208,12 +210,92 @@ def test_lock_of_another_host_is_never_taken_over(tmp_path):
     with pytest.raises(ValueError, match=r"in use by another decode \(host node-17, pid 1.*delete .*\.decode\.lock"):
         acquire_lock(tmp_path)
     (tmp_path / LOCK).unlink()
-    path = acquire_lock(tmp_path)
-    assert json.loads(path.read_text())["pid"] == os.getpid()
+    path, taken_over = acquire_lock(tmp_path)
+    assert json.loads(path.read_text())["pid"] == os.getpid() and taken_over is None
     # a lock naming this very process is stale (a restarted container keeps its host name and reuses pids)
-    assert acquire_lock(tmp_path) == path
+    assert acquire_lock(tmp_path)[0] == path
     release_lock(path)
     assert not path.exists()
+
+
+def test_a_dead_owners_lock_is_taken_over_at_once_with_a_line(tiny, tmp_path, capfd):
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "since": "then"}))
+    os.utime(out / LOCK, (0, os.path.getmtime(out / LOCK) - 125))  # written 2 minutes ago
+    assert decode(write_config(tiny, tmp_path / "c.yaml"), out) is None
+    err = capfd.readouterr().err
+    assert (f"resume: took over the lock of output_dir {out} left by a decode that is gone (host "
+            f"{socket.gethostname()}, pid {dead.pid}, age 0h02m0") in err, err
+    resume = json.loads((out / "summary.json").read_text())["pretrained"]["resume"]
+    assert resume["lock_taken_over"]["pid"] == dead.pid and resume["lock_taken_over"]["age_seconds"] >= 125
+    # an unreadable lock (locks are written whole, so it is damaged) is taken over at once too
+    (out / LOCK).write_text("")
+    assert acquire_lock(out)[1]["host"] is None
+    release_lock(out / LOCK)
+
+
+def test_a_lock_whose_write_fails_is_not_left_and_the_error_names_the_folder(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    error = decode(write_config(tiny, tmp_path / "c.yaml"), out)
+    assert re.fullmatch(rf"error: cannot write to {re.escape(str(out))} \(No space left on device; [\d.]+ \w?i?B "
+                        rf"free\): free space and rerun, finished batches are kept \(SVDD_DEBUG=1 .*\)", error), error
+    assert sorted(p.name for p in out.iterdir()) == []  # no lock, no temporary file
+    monkeypatch.undo()
+    assert decode(write_config(tiny, tmp_path / "c.yaml"), out) is None  # nothing blocks the rerun
+
+
+def test_a_full_disk_mid_run_is_one_line_and_the_rerun_resumes(tiny, tmp_path, monkeypatch):
+    from svdd_lightning.lightning import writer
+
+    config = write_config(tiny, tmp_path / "c.yaml")
+    assert decode(config, tmp_path / "full") is None
+    out, append, calls = tmp_path / "out", writer._append_line, []
+
+    def fill_after_one(path: Path, line: str) -> None:
+        calls.append(path)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        append(path, line)
+
+    monkeypatch.setattr(writer, "_append_line", fill_after_one)
+    error = decode(config, out)
+    assert error.startswith(f"error: cannot write to {out} (No space left on device; ") and \
+        "free): free space and rerun, finished batches are kept" in error, error
+    assert not (out / LOCK).exists() and len(part_rows(out)) == 2
+    monkeypatch.undo()
+    assert decode(config, out) is None
+    assert rows(out) == rows(tmp_path / "full")
+
+
+def test_a_resume_reports_the_damaged_line_and_the_kept_samples(tiny, tmp_path, capfd):
+    config, out = write_config(tiny, tmp_path / "c.yaml"), tmp_path / "out"
+    assert decode(config, out) is None
+    full = rows(out)
+    part = out / "parts" / "rank0.jsonl"
+    lines = part.read_text().splitlines()
+    part.write_text("".join(line + "\n" for line in lines[:-1]) + lines[-1][:40])  # a kill mid-write
+    capfd.readouterr()
+    assert decode(config, out) is None
+    err = capfd.readouterr().err
+    assert f"resume: removed 1 damaged line(s) of {out / 'parts'} (cut short by a stopped run); their samples are " \
+           f"decoded again" in err, err
+    assert f"resume: kept 6 finished samples of {out} (pretrained 4, best_of_n 2); decoding the other 2" in err, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best_of_n"]["resume"] == {"samples_kept": 2, "damaged_part_lines": 1, "lock_taken_over": None}
+    assert rows(out) == full
+    # the damaged line is gone: the next run reports nothing to repair
+    assert decode(config, out) is None
+    assert "damaged" not in capfd.readouterr().err
+    assert json.loads((out / "summary.json").read_text())["best_of_n"]["resume"]["damaged_part_lines"] == 0
 
 
 # --- the merge ----------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from .. import checkpoints
 from ..paths import find
 from ..threads import ThreadSetting
-from .folders import ReportedByRankZero
+from .folders import ReportedByRankZero, write_error
 
 USER_ERRORS = (FileNotFoundError, ValueError, KeyError, TypeError, argparse.ArgumentError, MisconfigurationException,
                pickle.UnpicklingError)
@@ -266,7 +266,10 @@ class SaveDecodeConfig(SaveConfigCallback):
         pass
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().setup(trainer, pl_module, "predict")
+        try:
+            super().setup(trainer, pl_module, "predict")
+        except OSError as err:  # a full disk: one line naming the folder
+            raise write_error(Path(trainer.default_root_dir), err) from None
 
 
 class DecodeCLI(_TrustingCLI):

@@ -1,6 +1,7 @@
 """Output folders: checked for writability before any work, locked while a decode runs, written atomically."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -32,35 +33,81 @@ def check_writable(folder: Path, field: str) -> None:
         raise ValueError(f"{field} {folder} is not writable ({err.strerror or err}); choose another folder") from None
 
 
-def acquire_lock(folder: Path) -> Path:
-    """Take ``folder``'s decode lock; a lock held by a live process is a one-line refusal naming its host
-    and pid, one left by a dead process of this host is taken over."""
+def write_error(folder: Path, err: OSError) -> ValueError:
+    """The one-line error of a failed write into ``folder``: its cause, the folder's free space and the fix."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        free = _size(shutil.disk_usage(existing).free)
+    except OSError:
+        free = "unknown"
+    fix = "free space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "make it writable"
+    return ValueError(f"cannot write to {folder} ({err.strerror or err}; {free} free): {fix} and rerun, "
+                      f"finished batches are kept")
+
+
+def _size(n: float) -> str:
+    """A byte count for people: 0 B, 312.4 MiB."""
+    units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    k = 0
+    while n >= 1024 and k < len(units) - 1:
+        n, k = n / 1024, k + 1
+    return f"{n:.0f} B" if k == 0 else f"{n:.1f} {units[k]}"
+
+
+def acquire_lock(folder: Path) -> tuple[Path, dict | None]:
+    """Take ``folder``'s decode lock, written whole under a temporary name and hard-linked into place (never
+    empty or partial) with its owner's host, pid and start time. A lock held by a live process is a one-line
+    refusal naming them; one whose owner is gone (this host and a dead pid, or an unreadable lock) is taken
+    over at once. Returns the lock and, after a takeover, the gone owner's host, pid and age in seconds."""
     path = folder / LOCK
     me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = read_json(path)
-            if _stale(holder, path, me):
-                path.unlink(missing_ok=True)
-                continue
-            raise ValueError(f"output_dir {folder} is in use by another decode (host {holder.get('host', '?')}, "
-                             f"pid {holder.get('pid', '?')}, since {holder.get('since', '?')}); wait for it to end or "
-                             f"choose another --output_dir (if that process is gone, delete {path})") from None
-        with os.fdopen(fd, "w") as handle:
+    tmp = folder / f"{LOCK}.{me['pid']}.tmp"
+    taken_over = None
+    try:
+        with open(tmp, "w") as handle:
             json.dump(me, handle)
-        return path
-    raise ValueError(f"output_dir {folder}: could not take the lock {path}; another decode keeps taking it")
+            handle.flush()
+            os.fsync(handle.fileno())
+        for _ in range(3):
+            try:
+                os.link(tmp, path)
+                return path, taken_over
+            except FileExistsError:
+                holder = read_json(path)
+                if not _gone(holder, me):
+                    raise ValueError(
+                        f"output_dir {folder} is in use by another decode (host {holder.get('host', '?')}, pid "
+                        f"{holder.get('pid', '?')}, since {holder.get('since', '?')}); wait for it to end or choose "
+                        f"another --output_dir (if that process is gone, delete {path})") from None
+                try:
+                    age = time.time() - path.stat().st_mtime
+                    path.unlink()
+                except FileNotFoundError:  # its owner released it meanwhile
+                    continue
+                taken_over = {"host": holder.get("host"), "pid": holder.get("pid"), "age_seconds": round(age, 1)}
+        raise ValueError(f"output_dir {folder}: could not take the lock {path}; another decode keeps taking it")
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def _stale(holder: dict, path: Path, me: dict) -> bool:
-    if not holder:  # unreadable: its writer died between creating and filling it, or is doing so now
-        return time.time() - path.stat().st_mtime > 60
+def takeover_line(folder: Path, owner: dict) -> str:
+    """The line reporting that ``folder``'s lock of a gone decode (``owner``: host, pid, age) was taken over."""
+    age = int(owner["age_seconds"])
+    return (f"took over the lock of output_dir {folder} left by a decode that is gone (host {owner['host'] or '?'}, "
+            f"pid {owner['pid'] or '?'}, age {age // 3600}h{age // 60 % 60:02d}m{age % 60:02d}s)")
+
+
+def _gone(holder: dict, me: dict) -> bool:
+    """Whether the lock's owner is gone: unreadable (locks are written whole, so it is damaged), or of this
+    host with a dead pid or this very pid (a restarted container reuses host name and pids)."""
+    if not holder:
+        return True
     if holder.get("host") != me["host"]:
         return False
     pid = holder.get("pid")
-    if not isinstance(pid, int) or pid == me["pid"]:  # my pid in a lock I did not take: a reused pid
+    if not isinstance(pid, int) or pid == me["pid"]:
         return True
     try:
         os.kill(pid, 0)

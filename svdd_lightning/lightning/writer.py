@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -39,7 +40,8 @@ from ..evaluation import distinct_fraction, quantile_summary
 from ..sample_files import FastaFiles, JsonlFiles, SampleFiles, sample_files_for
 from .decoding import PARTS
 from .fingerprint import differences, digest
-from .folders import ReportedByRankZero, acquire_lock, atomic_write, check_writable, read_json, release_lock
+from .folders import (ReportedByRankZero, acquire_lock, atomic_write, check_writable, read_json, release_lock,
+                      takeover_line, write_error)
 
 __all__ = ["DesignWriter", "FastaFiles", "JsonlFiles", "SampleFiles", "write_outputs", "format_summary"]
 
@@ -70,6 +72,7 @@ class DesignWriter(Callback):
         self.digests: dict[str, str] = {}
         self.num_samples: int | None = None
         self._lock: Path | None = None
+        self.repairs: dict[str, Any] | None = None  # what rank 0 found and mended on starting (summary.json's resume)
 
     # --- before any work ---------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -84,7 +87,7 @@ class DesignWriter(Callback):
                 outcome = self._prepare(trainer, pl_module, datamodule)
             except (OSError, ValueError) as err:
                 self._release()
-                outcome = {"error": str(err)}
+                outcome = {"error": str(write_error(self.output_dir, err) if isinstance(err, OSError) else err)}
         outcome = trainer.strategy.broadcast(outcome, src=0)
         if outcome["error"]:
             raise (ValueError if trainer.is_global_zero else ReportedByRankZero)(outcome["error"])
@@ -97,7 +100,7 @@ class DesignWriter(Callback):
         if given is not None and Path(given).resolve() != self.output_dir.resolve():
             raise ValueError(f"data.output_dir {given} differs from the writer's output_dir {self.output_dir}")
         check_writable(self.output_dir, "output_dir")
-        self._lock = acquire_lock(self.output_dir)
+        self._lock, taken_over = acquire_lock(self.output_dir)
         settings = pl_module.method_settings(str(trainer.precision), getattr(datamodule, "batch_size", None),
                                              trainer.world_size)
         digests = {m: digest(s) for m, s in settings.items()}
@@ -112,12 +115,33 @@ class DesignWriter(Callback):
             what = "; ".join(f"{', '.join(methods)} ({difference})" for difference, methods in groups.items())
             raise ValueError(f"output_dir {self.output_dir} holds results decoded with other settings: {what}; "
                              f"pass --overwrite to discard them and decode again, or choose another --output_dir")
+        damaged = drop_damaged_lines(self.output_dir)
         if changed or unrecorded:
             drop_methods(self.output_dir, {*changed, *unrecorded})
         write_fingerprints(self.output_dir, {**recorded, **{m: {"digest": digests[m], "settings": settings[m]}
                                                             for m in settings}})
         finished = finished_samples(self.output_dir, digests)
+        self._report_repairs(len(digests), finished, damaged, taken_over)
         return {"error": None, "digests": digests, "finished": {m: sorted(v) for m, v in finished.items()}}
+
+    def _report_repairs(self, methods: int, finished: dict[str, set[int]], damaged: int,
+                        taken_over: dict | None) -> None:
+        """One line each for what this run found on starting (a gone decode's lock taken over, damaged part
+        lines removed, finished samples kept), recorded in ``self.repairs`` for summary.json."""
+        limit = self.num_samples
+        kept = {m: sum(1 for i in v if limit is None or i < limit) for m, v in finished.items()}
+        kept = {m: n for m, n in kept.items() if n}
+        self.repairs = {"samples_kept": kept, "damaged_part_lines": damaged, "lock_taken_over": taken_over}
+        lines = [takeover_line(self.output_dir, taken_over)] if taken_over else []
+        if damaged:
+            lines.append(f"removed {damaged} damaged line(s) of {self.output_dir / PARTS} (cut short by a stopped "
+                         f"run); their samples are decoded again")
+        if kept:
+            rest = "" if limit is None else f"; decoding the other {limit * methods - sum(kept.values())}"
+            lines.append(f"kept {sum(kept.values())} finished samples of {self.output_dir} "
+                         f"({', '.join(f'{m} {n}' for m, n in kept.items())}){rest}")
+        for line in lines:
+            print(f"resume: {line}", file=sys.stderr)
 
     # --- as methods finish batches -------------------------------------------------------------------------
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -125,27 +149,36 @@ class DesignWriter(Callback):
         pl_module.record_sink = lambda record: self.write_record(rank, record)
 
     def write_record(self, rank: int, record: dict[str, list]) -> None:
-        """Append one method's results for a batch (:meth:`DecodingModule.predict_step`) to rank ``rank``'s part."""
-        append_record(self.output_dir, rank, record, self.sample_files, self.digests)
+        """Append one method's results for a batch (:meth:`DecodingModule.predict_step`) to rank ``rank``'s part;
+        a failed write (a full disk) is a one-line error naming the folder and its free space."""
+        try:
+            append_record(self.output_dir, rank, record, self.sample_files, self.digests)
+        except OSError as err:
+            raise write_error(self.output_dir, err) from None
 
     # --- at the end --------------------------------------------------------------------------------------
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.strategy.barrier()
-        missing = 0
+        error = None
         if trainer.is_global_zero:
-            summary = write_outputs(self.output_dir, list(pl_module.metrics), self.set_metrics,
-                                    {k: getattr(m, "threshold", None) for k, m in pl_module.metrics.items()},
-                                    self.sample_files, self.digests, self.num_samples,
-                                    labels=self._labels(pl_module))
-            print(format_summary(summary))
-            if self.num_samples is not None:
-                missing = sum(self.num_samples - summary.get(m, {}).get("n", 0) for m in self.digests)
-        missing = trainer.strategy.broadcast(missing, src=0)
-        if missing:
-            total = self.num_samples * len(self.digests)
-            raise (ValueError if trainer.is_global_zero else ReportedByRankZero)(f"output_dir {self.output_dir}: {missing} of {total} requested (method, index) results "
-                             f"are missing from {PARTS}/ (multi-node decoding needs an output folder shared by every "
-                             f"node); rerun the same command to decode them")
+            try:
+                summary = write_outputs(self.output_dir, list(pl_module.metrics), self.set_metrics,
+                                        {k: getattr(m, "threshold", None) for k, m in pl_module.metrics.items()},
+                                        self.sample_files, self.digests, self.num_samples,
+                                        labels=self._labels(pl_module), repairs=self.repairs)
+            except OSError as err:
+                error = str(write_error(self.output_dir, err))
+            else:
+                print(format_summary(summary))
+                missing = 0 if self.num_samples is None else sum(self.num_samples - summary.get(m, {}).get("n", 0)
+                                                                 for m in self.digests)
+                if missing:
+                    error = (f"output_dir {self.output_dir}: {missing} of {self.num_samples * len(self.digests)} "
+                             f"requested (method, index) results are missing from {PARTS}/ (multi-node decoding "
+                             f"needs an output folder shared by every node); rerun the same command to decode them")
+        error = trainer.strategy.broadcast(error, src=0)
+        if error:
+            raise (ValueError if trainer.is_global_zero else ReportedByRankZero)(error)
 
     @staticmethod
     def _labels(pl_module: L.LightningModule) -> dict[str, str]:
@@ -215,6 +248,21 @@ def finished_samples(folder: Path, digests: dict[str, str]) -> dict[str, set[int
             if row["method"] in digests and fingerprints.get(row["method"]) == digests[row["method"]]:
                 done[row["method"]].add(row["index"])
     return dict(done)
+
+
+def drop_damaged_lines(folder: Path) -> int:
+    """Remove the part lines a stopped run cut short (their batches are decoded again), rewriting each damaged
+    file atomically; returns how many there were."""
+    kept: dict[Path, list[str]] = defaultdict(list)
+    damaged: dict[Path, int] = defaultdict(int)
+    for part, line, record in _records(folder):
+        if record is None:
+            damaged[part] += 1
+        else:
+            kept[part].append(line)
+    for part in sorted(damaged):
+        atomic_write(part, "".join(line + "\n" for line in kept[part]))
+    return sum(damaged.values())
 
 
 def drop_methods(folder: Path, methods: set[str]) -> None:
@@ -288,13 +336,14 @@ def axis_label(name: str, scorer: Any) -> str:
 def write_outputs(output_dir: Path, metric_names: list[str], set_metrics: dict[str, Callable[[list], float]],
                   thresholds: dict[str, float | None], sample_files: SampleFiles | None = None,
                   digests: dict[str, str] | None = None, num_samples: int | None = None,
-                  labels: dict[str, str] | None = None) -> dict:
+                  labels: dict[str, str] | None = None, repairs: dict[str, Any] | None = None) -> dict:
     """Merge the parts under ``output_dir`` into sample files, CSV, JSON summary and histogram.
 
     With ``digests`` (method -> settings fingerprint) only those methods' rows decoded with those
     settings are merged, and with ``num_samples`` only indices below it. ``distinct_fraction``
     compares the samples' stored forms (``sample_files.encode``), not their reprs. ``labels`` name
-    the reward and evaluation columns (with units) on the histogram.
+    the reward and evaluation columns (with units) on the histogram. ``repairs`` (what the run found on
+    starting: :meth:`DesignWriter._report_repairs`) goes into each method's ``resume`` entry.
     """
     output_dir = Path(output_dir)
     sample_files = sample_files or FastaFiles()
@@ -340,6 +389,10 @@ def write_outputs(output_dir: Path, metric_names: list[str], set_metrics: dict[s
         entry["reward_failures"] = sum(s["reward_failures"] for s in method_stats)  # floored evaluations
         entry["wall_seconds"] = sum(s["seconds"] for s in method_stats)
         entry["samples_per_second"] = n_stat / entry["wall_seconds"] if entry["wall_seconds"] else float("nan")
+        if repairs is not None:
+            entry["resume"] = {"samples_kept": repairs["samples_kept"].get(method, 0),
+                               "damaged_part_lines": repairs["damaged_part_lines"],
+                               "lock_taken_over": repairs["lock_taken_over"]}
         summary[method] = entry
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if by_method:
