@@ -63,7 +63,7 @@ def acquire_lock(folder: Path) -> tuple[Path, dict | None]:
     over at once. Returns the lock and, after a takeover, the gone owner's host, pid and age in seconds."""
     path = folder / LOCK
     me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-    tmp = folder / f"{LOCK}.{me['pid']}.tmp"
+    tmp = folder / f"{LOCK}.{me['host']}.{me['pid']}.tmp"  # unique among the hosts sharing the folder
     taken_over = None
     try:
         with open(tmp, "w") as handle:
