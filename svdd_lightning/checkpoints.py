@@ -119,9 +119,9 @@ def build(config: Any, trusted: Iterable[str] = (), source: str = "checkpoint co
     return cls(**kwargs)
 
 
-def loadable_class(class_path: Any, packages: Iterable[str], source: str = "checkpoint config") -> type:
-    """The class ``class_path`` names, if checkpoints may construct it; else a one-line ``ValueError``."""
-    packages = sorted(packages)
+def _trust_rule(class_path: Any, packages: list[str], source: str) -> str:
+    """Refuse (one-line ``ValueError``) a ``class_path`` that is not a dotted name within ``packages``,
+    before anything is imported; returns how to trust another package, for later messages."""
     if not isinstance(class_path, str) or not _DOTTED.fullmatch(class_path):
         raise ValueError(f"{source}: class_path {class_path!r} is not a dotted name like 'package.module.Class'")
     how = (f"trusted packages: {', '.join(packages)}; trust another with checkpoints.trust('pkg'), "
@@ -129,6 +129,28 @@ def loadable_class(class_path: Any, packages: Iterable[str], source: str = "chec
     if not _within(class_path, packages):
         raise ValueError(f"{source}: class_path {class_path!r} is outside the trusted packages, refusing to import it "
                          f"({how})")
+    return how
+
+
+def check_trust(config: Any, trusted: Iterable[str] = (), source: str = "checkpoint config") -> None:
+    """Apply the trust rule to every ``class_path`` of a (nested) config, before any other part of it is
+    examined or anything is imported (:func:`loadable_class` checks the classes themselves)."""
+    packages = sorted(trusted_packages(trusted))
+    todo = [config]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            if "class_path" in item:
+                _trust_rule(item["class_path"], packages, source)
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+
+
+def loadable_class(class_path: Any, packages: Iterable[str], source: str = "checkpoint config") -> type:
+    """The class ``class_path`` names, if checkpoints may construct it; else a one-line ``ValueError``."""
+    packages = sorted(packages)
+    how = _trust_rule(class_path, packages, source)
     module_name, _, name = class_path.rpartition(".")
     try:
         module = importlib.import_module(module_name)
@@ -174,6 +196,8 @@ def load(directory: str | Path, map_location: str | torch.device = "cpu", overri
     directory = find(directory)
     config = read_config(directory)
     config.pop("metadata", None)
+    source = f"checkpoint {directory}: config.json"
+    check_trust(config, trusted_packages, source)
     if overrides:
         known = config.get("init_args", {})
         unknown = sorted(set(overrides) - set(known))
@@ -181,7 +205,7 @@ def load(directory: str | Path, map_location: str | torch.device = "cpu", overri
             raise ValueError(f"model_args: {unknown} are not constructor arguments of {config['class_path']}; "
                              f"known: {sorted(known)}")
         config["init_args"] = {**known, **{k: _like(v, known[k], k) for k, v in overrides.items()}}
-    module = build(config, trusted_packages, source=f"checkpoint {directory}: config.json")
+    module = build(config, trusted_packages, source=source)
     if not isinstance(module, nn.Module):
         raise ValueError(f"checkpoint {directory}: config.json builds a {type(module).__name__}, not a torch module")
     load_weights(module, directory / WEIGHTS, map_location)

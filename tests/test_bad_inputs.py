@@ -75,6 +75,12 @@ DECODE_CASES = {
         "init_args": {"path": "x.pth", "output_dir": "o", "trust_pickle": True}}))], "names a function"),
     "config.json names os.system": (lambda t, p: ["--model.model", _damaged(t, p, lambda d: _set_config(d, {
         "class_path": "os.system", "init_args": {"command": "echo pwned"}}))], "outside the trusted packages"),
+    "config.json names os.system, with model_args": (lambda t, p: ["--model.model", _damaged(t, p, lambda d: _set_config(d, {
+        "class_path": "os.system", "init_args": {"command": "echo pwned"}})), "--model.model_args.num_steps", "4"],
+        "'os.system' is outside the trusted packages"),
+    "config.json names os.system, model_args null": (lambda t, p: ["--model.model", _damaged(t, p, lambda d: _set_config(d, {
+        "class_path": "os.system", "init_args": {"command": "echo pwned"}})), "--model.model_args", "null"],
+        "'os.system' is outside the trusted packages"),
     "model_args not a number": (lambda t, p: ["--model.model_args.num_steps", "many"],
                                 "model_args.num_steps: expected an integer"),
     "model_args unknown": (lambda t, p: ["--model.model_args.steps", "4"], "are not constructor arguments"),

@@ -74,6 +74,23 @@ def test_refused_class_paths_are_one_line(saved, class_path, message):
     _one_line(err)
 
 
+@pytest.mark.parametrize("overrides", [{"num_steps": 4}, {"steps": 4}, None])
+def test_trust_is_checked_before_the_overrides(saved, overrides):
+    """An untrusted class_path is refused by the trust rule whatever model_args say, known or not."""
+    _edit_config(saved, class_path="os.system", init_args={"command": "echo pwned"})
+    with pytest.raises(ValueError, match="'os.system' is outside the trusted packages") as err:
+        checkpoints.load(saved, overrides=overrides)
+    assert "model_args" not in _one_line(err)
+
+
+def test_a_nested_untrusted_class_path_is_refused_before_the_overrides(saved):
+    config = json.loads((saved / "config.json").read_text())
+    config["init_args"]["backbone"]["class_path"] = "subprocess.Popen"
+    (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="'subprocess.Popen' is outside the trusted packages"):
+        checkpoints.load(saved, overrides={"no_such_argument": 1})
+
+
 def test_nested_class_paths_are_checked_too(saved):
     config = json.loads((saved / "config.json").read_text())
     config["init_args"]["backbone"]["class_path"] = "subprocess.Popen"
