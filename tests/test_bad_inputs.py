@@ -131,6 +131,16 @@ def test_decode_bad_input_is_one_line_before_any_work(tiny, tmp_path, case, capf
     assert "Traceback" not in captured.err + captured.out and "pwned" not in captured.out
 
 
+def test_decode_refuses_a_repeated_key_in_a_config(tiny, tmp_path, capfd):
+    overlay = _text(tmp_path / "seeds.yaml", "model:\n  seed: 0\n  seed: 1\n")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_:
+        main_decode(["predict", "--config", str(tiny["config"]), "--config", str(overlay), "--output_dir", str(out)])
+    assert exit_.value.code == (f"error: {overlay}: key 'seed' appears twice (lines 2 and 3); keep one "
+                                f"(SVDD_DEBUG=1 shows the traceback)")
+    assert not out.exists() and "Traceback" not in "".join(capfd.readouterr())
+
+
 @pytest.mark.skipif(not Path("/sys").is_dir(), reason="needs a folder nobody may create files in")
 def test_decode_into_an_unwritable_folder(tiny):
     with pytest.raises(SystemExit, match=r"error: output_dir /sys/svdd_out is not writable"):

@@ -23,6 +23,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from .. import checkpoints
 from ..paths import find
 from ..threads import ThreadSetting
+from ..yaml_keys import refuse_duplicate_keys
 from .folders import ReportedByRankZero, write_error
 
 USER_ERRORS = (FileNotFoundError, ValueError, KeyError, TypeError, argparse.ArgumentError, MisconfigurationException,
@@ -240,6 +241,7 @@ def check_ckpt_path(path: str | None) -> None:
 def main_train(args: list[str] | None = None) -> LightningCLI:
     """``train.py``: any LightningModule/DataModule pair named in the config (subclass mode)."""
     args = _shipped_configs(args)
+    refuse_duplicate_keys()
     _import_available(TRAINING_MODULES)
     epilog = "\n\n".join([_listing("Training modules (model: {class_path, init_args})", L.LightningModule),
                            _listing("DataModules (data)", L.LightningDataModule)])
@@ -306,6 +308,7 @@ def main_decode(args: list[str] | None = None) -> LightningCLI:
     from .decoding import DecodingModule, SampleIndexDataModule
 
     args = _shipped_configs(args)
+    refuse_duplicate_keys()
     _import_available(DECODING_MODULES)
     torch.set_float32_matmul_precision("high")
     # (jsonargparse gives a subcommand its parent's formatter)

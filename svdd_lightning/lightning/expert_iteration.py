@@ -34,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from .. import checkpoints
+from .. import checkpoints, yaml_keys
 from ..paths import find
 from .cli import _one_line_errors, main_train
 from .folders import atomic_write
@@ -133,7 +133,7 @@ def read_configs(configs: str | Path | list[str | Path] | tuple[str | Path, ...]
         path = find(config)  # a shipped config from any working directory
         if not path.is_file():
             raise FileNotFoundError(f"--config: no file {config}")
-        text = yaml.safe_load(path.read_text())
+        text = yaml_keys.safe_load(path.read_text(), str(config))
         if not isinstance(text, dict):
             raise ValueError(f"--config {config}: expected a YAML mapping of train.py fit settings")
         composed = compose(composed, text)
