@@ -1,6 +1,7 @@
 """SVDD-MC value-network data: rollouts, forward noising, the sharded and cached DataModule, DDP."""
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -9,6 +10,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.strategies import DDPStrategy
+from torch.utils.data import DataLoader
 
 from svdd_lightning import checkpoints
 from svdd_lightning.core.reward import RewardFunction
@@ -17,6 +19,7 @@ from svdd_lightning.domains.dna.oracles import EnformerStyleClassifier
 from svdd_lightning.lightning import rollouts
 from svdd_lightning.lightning.rollouts import RolloutDataModule, forward_noised_pairs, generate_rollouts
 from svdd_lightning.lightning.training import ValueRegression
+from svdd_lightning.seeds import sample_seed
 
 LENGTH, STEPS, LEVELS = 16, 8, 3
 
@@ -131,21 +134,80 @@ def test_cache_is_reused_resumed_and_checked(model_dir, tmp_path, monkeypatch):
 
 def test_ddp_partition_and_checks(model_dir):
     dm = datamodule(model_dir, num_rollouts=16)
-    for split in ("train", "val"):
-        whole = dm.split_data(split, 0, 1)
-        ranks = [dm.split_data(split, r, 2) for r in range(2)]
-        assert len(ranks[0]["t"]) == len(ranks[1]["t"])
-        assert not set(ranks[0]["rollout"].tolist()) & set(ranks[1]["rollout"].tolist())
-        union = {k: torch.cat([ranks[0][k], ranks[1][k]]) for k in whole}
-        assert_same(sort_pairs(union), sort_pairs(whole))
-    with pytest.raises(ValueError, match="must both divide by world_size=3"):
-        dm.split_data("train", 0, 3)
+    for world_size in (2, 3):  # 4 train and 2 val shards: the second split shards at the rollout level
+        for split in ("train", "val"):
+            whole = dm.split_data(split, 0, 1)
+            ranks = [dm.split_data(split, r, world_size) for r in range(world_size)]
+            rollouts_of = [r["rollout"].tolist() for r in ranks]
+            assert sum(map(len, rollouts_of)) == len(whole["rollout"])  # no pair twice
+            assert max(map(len, rollouts_of)) - min(map(len, rollouts_of)) <= LEVELS  # one rollout at most
+            union = {k: torch.cat([r[k] for r in ranks]) for k in whole}
+            assert_same(sort_pairs(union), sort_pairs(whole))
     with pytest.raises(ValueError, match="num_rollouts must be a positive multiple of data.shard_size=4"):
         datamodule(model_dir, num_rollouts=6)
+    with pytest.raises(ValueError, match=r"data.val_rollouts: a rank gets 0 val pairs .* on 5 processes"):
+        datamodule(model_dir, val_rollouts=4).split_data("train", 0, 5)
     dm.trainer = SimpleNamespace(world_size=2, global_rank=0,
                                  _accelerator_connector=SimpleNamespace(use_distributed_sampler=True))
     with pytest.raises(ValueError, match="use_distributed_sampler: false"):
         dm.setup("fit")
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 3, 5, 7])
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_spread_uses_every_rollout_once_in_equal_batch_counts(num_shards, world_size):
+    shard_size, levels, batch_size = 3, 2, 4
+    parts = [rollouts.spread(num_shards, shard_size, r, world_size) for r in range(world_size)]
+    positions = [[i for k in shards for i in range(k * shard_size, (k + 1) * shard_size)] + list(rest)
+                 for shards, rest in parts]
+    assert sorted(i for p in positions for i in p) == list(range(num_shards * shard_size))
+    if num_shards % world_size == 0:  # whole shards, round robin, as before
+        assert all(shards == list(range(r, num_shards, world_size)) and not rest for r, (shards, rest) in enumerate(parts))
+    pairs = [len(p) * levels for p in positions]
+    num_batches = max(-(-n // batch_size) for n in pairs)
+    counts = []
+    for n in pairs:
+        batches = list(rollouts.EvenBatches(range(n), batch_size, num_batches))
+        assert [i for b in batches for i in b] == list(range(n)) and all(1 <= len(b) <= batch_size for b in batches)
+        counts.append(len(batches))
+    assert counts == [num_batches] * world_size
+
+
+def test_one_process_batches_are_a_plain_dataloaders(model_dir):
+    dm = datamodule(model_dir, batch_size=5)  # 24 pairs: batches of 5 and a last one of 4
+    dm.setup("fit")
+    generator = torch.Generator().manual_seed(sample_seed(dm.seed, "shuffle", 0))
+    plain = DataLoader(dm._dataset("train"), batch_size=5, shuffle=True, generator=generator)
+    ours = dm.train_dataloader()
+    for _ in range(2):  # two epochs: the shuffles follow the same generator
+        for a, b in zip(plain, ours, strict=True):
+            assert all(torch.equal(x, y) for x, y in zip(a, b))
+    plain_val = DataLoader(dm._dataset("val"), batch_size=5)
+    for a, b in zip(plain_val, dm.val_dataloader(), strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_validation_metrics_of_two_halves_merged_are_the_whole_sets(model):
+    """What DDP does at compute time (each rank's states gathered and merged) gives the one-process figures,
+    also where a batch holds a single row of a time bucket."""
+    torch.manual_seed(0)
+    network = EnformerStyleClassifier(seq_len=LENGTH, stem_channels=8, stem_pool=2, tower_channels=(8,),
+                                      num_transformer_layers=1, num_heads=2, input_symbols=5, time_conditioning=True)
+    data = generate_rollouts(model, GCContent(), list(range(12)), seed=0, levels_per_rollout=LEVELS)
+    data["reward"] = data["reward"] + 0.01 * torch.randn(len(data["reward"]))
+    batch = lambda rows: (data["x"][rows], data["t"][rows], data["reward"][rows])  # noqa: E731
+    rows = torch.randperm(len(data["t"]))
+    modules = [ValueRegression(network, num_buckets=4).eval() for _ in range(3)]
+    with torch.no_grad():
+        for i in range(0, len(rows), 5):
+            modules[0].validation_step(batch(rows[i:i + 5]), i)
+        for i, chunk in enumerate([rows[:7], rows[7:9], rows[9:10], rows[10:]]):  # a one-row batch
+            modules[1 + (i % 2)].validation_step(batch(chunk), i)
+    whole, half, other = modules
+    pairs = [(getattr(m, name) for m in modules) for name in ("val_mse", "val_pearson", "val_spearman")]
+    for w, a, b in [*pairs, *zip(whole.bucket_pearson, half.bucket_pearson, other.bucket_pearson)]:
+        a._reduce_states(b.metric_state)  # stacks or concatenates the states, as a DDP sync does
+        assert float(a.compute()) == pytest.approx(float(w.compute()), rel=1e-5)
 
 
 def test_forward_noising_source(model, model_dir, tmp_path):
@@ -171,26 +233,34 @@ def test_forward_noising_source(model, model_dir, tmp_path):
 
 
 def test_value_regression_fits_under_cpu_ddp(model_dir, tmp_path):
+    """Uneven shards (3 train, 1 val for 2 processes) fit, and the validation figures are the whole set's."""
     cache = tmp_path / "cache"
     network = EnformerStyleClassifier(seq_len=LENGTH, stem_channels=8, stem_pool=2, tower_channels=(8,),
                                       num_transformer_layers=1, num_heads=2, input_symbols=5, time_conditioning=True)
     # a collective timeout turns a DDP deadlock into a failure instead of a hung test run
     strategy = DDPStrategy(start_method="spawn", timeout=timedelta(seconds=120))
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=3, use_distributed_sampler=False,
-                        limit_val_batches=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
-    # four time buckets with one small validation batch per rank: ranks see different buckets, and the
-    # bucket metrics must still be computed (a collective) for the same buckets on every rank
+    quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_epochs=1, use_distributed_sampler=False,
+                        **quiet)
+    # four time buckets with small validation batches: ranks see different buckets, and the bucket
+    # metrics must still be computed (a collective) for the same buckets on every rank
     module = ValueRegression(network, warmup_steps=1, num_buckets=4)
     before = {k: v.clone() for k, v in network.state_dict().items()}
-    trainer.fit(module, datamodule=datamodule(model_dir, cache_dir=str(cache)))
-    # ddp_spawn sends back rank 0's weights and metrics (not its step counter)
+    # 15 and 12 train pairs, 6 and 3 val pairs per rank: 4 and 2 batches on both
+    data = dict(num_rollouts=9, val_rollouts=3, shard_size=3, batch_size=4, cache_dir=str(cache))
+    trainer.fit(module, datamodule=datamodule(model_dir, **data))
+    # ddp_spawn sends back rank 0's weights (those of the last validation) and metrics
     assert trainer.state.finished and {"train/loss_reward", "val/mse"} <= set(trainer.callback_metrics)
-    assert any(k.startswith("val/pearson_t") for k in trainer.callback_metrics)
     assert any(not torch.equal(before[k], v) for k, v in network.state_dict().items())
     assert sorted(p.name for p in cache.iterdir()) == ["manifest.json", "train-00000.safetensors",
-                                                       "train-00001.safetensors", "val-00000.safetensors",
-                                                       "val-00001.safetensors"]
+                                                       "train-00001.safetensors", "train-00002.safetensors",
+                                                       "val-00000.safetensors"]
+    strategy = DDPStrategy(start_method="spawn", timeout=timedelta(seconds=120))
+    two = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, use_distributed_sampler=False,
+                    **quiet).validate(module, datamodule=datamodule(model_dir, **data))[0]
+    one = L.Trainer(accelerator="cpu", devices=1, **quiet).validate(module, datamodule=datamodule(model_dir, **data))[0]
+    assert not math.isnan(two["val/pearson"]) and any(k.startswith("val/pearson_t") for k in two)
+    assert two == pytest.approx(one, abs=1e-5, nan_ok=True)
 
 
 def test_a_model_object_gives_the_checkpoints_rollouts_and_its_own_cache(model, model_dir, tmp_path):

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils._pytree import tree_map
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from .. import checkpoints
 from ..core.decoders import ancestral
@@ -142,11 +142,13 @@ class RolloutDataModule(L.LightningDataModule):
     by (x_{t+1}, t_{t+1}) for the rollouts source (used by soft Q-learning).
 
     Training uses rollouts 0 .. num_rollouts-1, validation the held-out rollouts num_rollouts ..
-    num_rollouts+val_rollouts-1; both are cut into shards of ``shard_size`` rollouts. Under DDP rank
-    r owns the shards k with k % world_size == r, generates (or loads) only those and serves only
-    those, so every pair is seen once per epoch by exactly one rank and every rank has as many
-    batches as the others. Configs must set ``trainer.use_distributed_sampler: false`` (Lightning's
-    sampler would shard the rank's data a second time).
+    num_rollouts+val_rollouts-1; both are cut into shards of ``shard_size`` rollouts. Under DDP the
+    shards are spread by :func:`spread` for any number of processes: each rollout is used once per
+    epoch by exactly one rank, and every rank serves the same number of batches (:class:`EvenBatches`:
+    a rank with fewer pairs gets some smaller batches, nothing is repeated or dropped). With one
+    process the batches are those of a plain ``DataLoader(batch_size, shuffle)``. Configs must set
+    ``trainer.use_distributed_sampler: false`` (Lightning's sampler would shard the rank's data a
+    second time).
 
     Args:
         model: checkpoint directory of the frozen pretrained diffusion model, or the model itself
@@ -209,12 +211,18 @@ class RolloutDataModule(L.LightningDataModule):
                 self._data[split] = self.split_data(split, rank, world_size)
 
     def train_dataloader(self) -> DataLoader:
-        rank, _ = self._rank_and_world()
+        rank, world_size = self._rank_and_world()
         generator = torch.Generator().manual_seed(sample_seed(self.seed, "shuffle", rank))
-        return DataLoader(self._dataset("train"), batch_size=self.batch_size, shuffle=True, generator=generator)
+        dataset = self._dataset("train")
+        batches = EvenBatches(RandomSampler(dataset, generator=generator), self.batch_size,
+                              self.num_batches("train", world_size))
+        return DataLoader(dataset, batch_sampler=batches, generator=generator)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._dataset("val"), batch_size=self.batch_size, shuffle=False)
+        _, world_size = self._rank_and_world()
+        dataset = self._dataset("val")
+        batches = EvenBatches(SequentialSampler(dataset), self.batch_size, self.num_batches("val", world_size))
+        return DataLoader(dataset, batch_sampler=batches)
 
     # --- shards -----------------------------------------------------------------------------------
     def num_shards(self, split: str) -> int:
@@ -225,15 +233,36 @@ class RolloutDataModule(L.LightningDataModule):
         start = (0 if split == "train" else self.num_rollouts) + shard * self.shard_size
         return list(range(start, start + self.shard_size))
 
+    def rank_pairs(self, split: str, rank: int, world_size: int) -> int:
+        """How many pairs of the split ``rank`` serves (``levels_per_rollout`` per rollout)."""
+        shards, rest = spread(self.num_shards(split), self.shard_size, rank, world_size)
+        return (len(shards) * self.shard_size + len(rest)) * self.levels_per_rollout
+
+    def num_batches(self, split: str, world_size: int) -> int:
+        """Batches per rank: those of the rank with the most pairs."""
+        return max(-(-self.rank_pairs(split, r, world_size) // self.batch_size) for r in range(world_size))
+
     def split_data(self, split: str, rank: int = 0, world_size: int = 1) -> dict[str, State]:
-        """The pairs of the shards that ``rank`` owns (k % world_size == rank), concatenated."""
-        if any(self.num_shards(name) % world_size for name in SPLITS):
-            raise ValueError(f"data: {self.num_shards('train')} train and {self.num_shards('val')} val shards "
-                             f"(num_rollouts, val_rollouts / shard_size) must both divide by world_size={world_size}")
+        """The pairs of ``rank``'s part of the split (see :func:`spread`), its whole shards first."""
+        for name in SPLITS:
+            fewest, batches = min(self.rank_pairs(name, r, world_size) for r in range(world_size)), \
+                self.num_batches(name, world_size)
+            if fewest < batches:
+                field = "num_rollouts" if name == "train" else "val_rollouts"
+                raise ValueError(f"data.{field}: a rank gets {fewest} {name} pairs for the {batches} batches "
+                                 f"every rank must run on {world_size} processes; raise data.{field} or "
+                                 f"data.batch_size")
         if self.cache_dir is not None:
             self._check_manifest()
-        shards = [self._shard(split, k) for k in range(rank, self.num_shards(split), world_size)]
-        return {key: concat_rows([s[key] for s in shards]) for key in shards[0]}
+        shards, rest = spread(self.num_shards(split), self.shard_size, rank, world_size)
+        parts = [self._shard(split, k) for k in shards]
+        first = 0 if split == "train" else self.num_rollouts
+        for k in range(rest.start // self.shard_size, -(-rest.stop // self.shard_size)) if rest else ():
+            data = self._shard(split, k)
+            position = data["rollout"] - first
+            rows = ((position >= rest.start) & (position < rest.stop)).nonzero().squeeze(1)
+            parts.append({key: index_rows(value, rows) for key, value in data.items()})
+        return {key: concat_rows([p[key] for p in parts]) for key in parts[0]}
 
     def _shard(self, split: str, k: int) -> dict[str, Tensor]:
         path = self.cache_dir / f"{split}-{k:05d}.safetensors" if self.cache_dir is not None else None
@@ -320,6 +349,44 @@ class RolloutDataModule(L.LightningDataModule):
             return
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(path, json.dumps(expected, indent=2, sort_keys=True) + "\n")
+
+
+def spread(num_shards: int, shard_size: int, rank: int, world_size: int) -> tuple[list[int], range]:
+    """``rank``'s part of a split of ``num_shards`` shards: the whole shards k < K with
+    k % world_size == rank (K the largest multiple of world_size not above num_shards), and a slice of
+    rollout positions (0-based within the split) of the last num_shards - K shards, cut so that the
+    ranks' rollout counts differ by at most one. Every rollout goes to exactly one rank; with one
+    process (or shard counts that divide by world_size) ranks get whole shards only. A rank loads the
+    shared shards it has rollouts of whole and keeps its rows, so those few shards may be generated by
+    more than one rank (each rank still uses only its own rollouts)."""
+    whole = num_shards - num_shards % world_size
+    shared = (num_shards - whole) * shard_size
+    offset = whole * shard_size
+    return (list(range(rank, whole, world_size)),
+            range(offset + rank * shared // world_size, offset + (rank + 1) * shared // world_size))
+
+
+class EvenBatches(Sampler[list[int]]):
+    """Exactly ``num_batches`` batches of at most ``batch_size`` indices of ``sampler``, every index
+    once: full batches while the indices left can still give each remaining batch one, then smaller
+    ones. With num_batches = ceil(n / batch_size) these are ``BatchSampler(drop_last=False)``'s batches,
+    so a rank with fewer pairs runs as many steps as the others (DDP needs that) without repeats."""
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, num_batches: int) -> None:
+        if not 1 <= num_batches <= len(sampler):
+            raise ValueError(f"EvenBatches: {len(sampler)} indices cannot fill {num_batches} batches")
+        self.sampler, self.batch_size, self.num_batches = sampler, batch_size, num_batches
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self):
+        indices = list(self.sampler)
+        start = 0
+        for left in range(self.num_batches, 0, -1):
+            size = min(self.batch_size, len(indices) - start - (left - 1))
+            yield indices[start:start + size]
+            start += size
 
 
 def _model_identity(model: str | DiffusionModel) -> str:

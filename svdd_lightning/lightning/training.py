@@ -337,22 +337,21 @@ class ValueRegression(L.LightningModule):
         buckets = (t * self.hparams.num_buckets).long().clamp_(0, self.hparams.num_buckets - 1)
         for b, metric in enumerate(self.bucket_pearson):
             rows = buckets == b
-            if int(rows.sum()) > 1:
+            if bool(rows.any()):  # every row counts, so the figure does not depend on how batches fall
                 metric.update(pred[rows], reward[rows])
                 self.bucket_seen[b] = True
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict({"val/mse": self.val_mse.compute(), "val/pearson": self.val_pearson.compute(),
-                       "val/spearman": self.val_spearman.compute()}, prog_bar=True, sync_dist=False)
+        """Logs the metric objects: Lightning computes them over every rank's states (the whole
+        validation set under DDP, as with one process) and resets them."""
+        self.log_dict({"val/mse": self.val_mse, "val/pearson": self.val_pearson, "val/spearman": self.val_spearman},
+                      prog_bar=True)
         seen = torch.tensor(self.bucket_seen, device=self.device)
         if self.trainer.world_size > 1:  # every rank must compute (a collective) the same buckets
             seen = self.all_gather(seen).reshape(-1, len(self.bucket_seen)).any(dim=0)
         for metric, name, bucket_seen in zip(self.bucket_pearson, self.bucket_names(), seen.tolist()):
             if bucket_seen:
-                self.log(f"val/pearson_{name}", metric.compute())
-            metric.reset()
-        for metric in (self.val_mse, self.val_pearson, self.val_spearman):
-            metric.reset()
+                self.log(f"val/pearson_{name}", metric)
         self.bucket_seen = [False] * self.hparams.num_buckets
 
     def configure_optimizers(self):
