@@ -341,6 +341,12 @@ class ValueRegression(L.LightningModule):
                 metric.update(pred[rows], reward[rows])
                 self.bucket_seen[b] = True
 
+    def on_validation_epoch_start(self) -> None:
+        """Starts the metrics empty: Lightning resets logged metrics only when its next loop starts, so a
+        module handed back by a spawned fit may still hold the last validation's states."""
+        for metric in (self.val_mse, self.val_pearson, self.val_spearman, *self.bucket_pearson):
+            metric.reset()
+
     def on_validation_epoch_end(self) -> None:
         """Logs the metric objects: Lightning computes them over every rank's states (the whole
         validation set under DDP, as with one process) and resets them."""
