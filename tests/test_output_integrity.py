@@ -374,8 +374,8 @@ def test_a_reward_that_raises_on_every_sample_stops_the_run(tiny, inference_mode
         raise KeyError("no such receptor")
 
     module = DecodingModule(str(tiny["mdlm"]), broken, {"best_of_n": BestOfN(2)}, model_args={"num_steps": 4})
-    with pytest.raises(RewardFailure, match=r"reward broken raised on every sample of a batch of best_of_n "
-                                            r"\(6 samples; last: KeyError: 'no such receptor'\)"):
+    with pytest.raises(RewardFailure, match=r"reward broken scored none of 6 evaluations in a batch of best_of_n "
+                                            r"\(6 raised; last error: KeyError: 'no such receptor'\)"):
         module.predict_step(_batch([0, 1]), 0)
 
     def sometimes(samples):  # fails on some samples only: counted, the run goes on

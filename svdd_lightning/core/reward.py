@@ -4,11 +4,12 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
+from .deadline import CallInterrupted, CallTimedOut, TimedCalls
 from .precision import as_float32, float32_scoring
 from .state import batch_size
 
@@ -52,41 +53,69 @@ class FunctionReward(RewardFunction):
         return self.function(samples)
 
 
+#: seconds a reward call may take before it is abandoned (per batched call, and per sample when retried)
+DEFAULT_TIMEOUT = 600.0
+#: why a sample got the floor: the function raised, ran past its time, or gave None / NaN / a non-number
+FAILURE_CAUSES = ("raised", "timeout", "nan")
+
+
+class _Unscored(NamedTuple):
+    cause: str
+
+
 class Reward:
     """A batched reward with an explicit policy for samples it cannot score.
 
     ``fn`` takes a list of decoded samples and returns one float per sample; it need not be
-    differentiable. A sample whose score is None or NaN, or for which ``fn`` raises, gets ``floor``
-    instead; when the batched call raises, the batch is scored one sample at a time so that one bad
-    sample costs only itself. ``calls`` counts samples scored and ``failures`` those floored;
-    ``errors`` counts the samples on which ``fn`` raised, ``last_error`` names the last exception.
-    A NaN floor keeps unscored samples NaN (for evaluation columns, never for decoding).
+    differentiable. A sample whose score is None or NaN, or for which ``fn`` raises or runs past
+    ``timeout`` seconds, gets ``floor`` instead; when the batched call fails, the batch is scored one
+    sample at a time (each within ``timeout``) so that one bad sample costs only itself. Calls run in a
+    worker thread (:class:`~svdd_lightning.core.deadline.TimedCalls`): one that hangs is abandoned, and
+    ``should_stop`` (e.g. "SIGTERM received") is asked while waiting. ``calls`` counts samples scored and
+    ``failures`` those floored, ``causes`` the failures by cause (:data:`FAILURE_CAUSES`); ``last_error``
+    names the last exception or time-out. A NaN floor keeps unscored samples NaN (for evaluation columns,
+    never for decoding).
     """
 
-    def __init__(self, fn: RewardFn, floor: float = 0.0, name: str | None = None) -> None:
+    def __init__(self, fn: RewardFn, floor: float = 0.0, name: str | None = None,
+                 timeout: float | None = DEFAULT_TIMEOUT) -> None:
         if not callable(fn):
             raise TypeError(f"reward: expected a callable, got {type(fn).__name__}")
         if math.isinf(floor):
             raise ValueError(f"reward.floor must be a finite number (or NaN to mark unscored samples), got {floor}")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"reward timeout must be a positive number of seconds (or null: no limit), got {timeout}")
         self.fn = fn
         self.floor = float(floor)
         self.name = name or getattr(fn, "name", None) or getattr(fn, "__name__", type(fn).__name__)
+        self.timeout = timeout
+        self.should_stop: Callable[[], bool] | None = None
         self.calls = 0
         self.failures = 0
-        self.errors = 0
+        self.causes = dict.fromkeys(FAILURE_CAUSES, 0)
         self.last_error: str | None = None
+        self._worker = TimedCalls()
+
+    def _timed(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` with autocast off, within the time limit (:class:`CallTimedOut` past it)."""
+        def scored() -> Any:
+            with float32_scoring():
+                return fn(*args)
+        return self._worker.call(scored, timeout=self.timeout, should_stop=self.should_stop)
 
     def __call__(self, samples: Sequence[Any]) -> torch.Tensor:
         samples = list(samples)
         self.calls += len(samples)
         try:
-            with float32_scoring():
-                raw = list(self.fn(samples))
+            raw = list(self._timed(self.fn, samples))
             if len(raw) != len(samples):
                 raise ValueError(f"reward {self.name} returned {len(raw)} values for {len(samples)} samples")
+        except CallInterrupted:
+            raise
         except Exception as err:  # isolate the failing samples
-            log.warning("reward %s failed on a batch of %d (%s); scoring one by one", self.name, len(samples), err)
-            self.last_error = f"{type(err).__name__}: {err}"
+            log.warning("reward %s failed on a batch of %d (%s); scoring one by one", self.name, len(samples),
+                        _describe(err, self.timeout))
+            self.last_error = _describe(err, self.timeout)
             raw = [self._score_one(s) for s in samples]
         return self._values(raw)
 
@@ -94,6 +123,9 @@ class Reward:
         values = torch.tensor([self._as_float(v) for v in raw], dtype=torch.float64)
         bad = ~torch.isfinite(values)
         self.failures += int(bad.sum())
+        for v, failed in zip(raw, bad.tolist()):
+            if failed:
+                self.causes[v.cause if isinstance(v, _Unscored) else "nan"] += 1
         return values.masked_fill(bad, self.floor).float()
 
     def submit(self, samples: Sequence[Any]) -> Callable[[], torch.Tensor]:
@@ -101,7 +133,8 @@ class Reward:
         what ``__call__`` gives. A function that scores in worker processes (a ``submit(samples)`` method
         returning such a callable, e.g. ViennaRNA's or RDKit's with ``processes`` > 1) then overlaps the
         caller's work, e.g. the denoiser's next chunk; other functions score now. When the background
-        scoring fails, the samples are scored by ``__call__`` (one by one where needed)."""
+        scoring fails or runs past ``timeout``, the samples are scored by ``__call__`` (one by one where
+        needed)."""
         samples = list(samples)
         start, pending = getattr(self.fn, "submit", None), None
         if start is not None:
@@ -115,26 +148,32 @@ class Reward:
 
         def result() -> torch.Tensor:
             try:
-                raw = list(pending())
+                raw = list(self._worker.call(pending, timeout=self.timeout, should_stop=self.should_stop))
                 if len(raw) != len(samples):
                     raise ValueError(f"reward {self.name} returned {len(raw)} values for {len(samples)} samples")
+            except CallInterrupted:
+                raise
             except Exception as err:
                 log.warning("reward %s failed in the background on %d samples (%s); scoring them here",
-                            self.name, len(samples), err)
+                            self.name, len(samples), _describe(err, self.timeout))
                 return self(samples)
             self.calls += len(samples)
             return self._values(raw)
 
         return result
 
-    def _score_one(self, sample: Any) -> float:
+    def _score_one(self, sample: Any) -> Any:
         try:
-            with float32_scoring():
-                return self.fn([sample])[0]
+            return self._timed(lambda one: self.fn(one)[0], [sample])
+        except CallInterrupted:
+            raise
         except Exception as err:
-            self.errors += 1
-            self.last_error = f"{type(err).__name__}: {err}"
-            return math.nan
+            self.last_error = _describe(err, self.timeout)
+            return _Unscored("timeout" if isinstance(err, CallTimedOut) else "raised")
+
+    def close(self) -> None:
+        """Let the scoring thread exit."""
+        self._worker.close()
 
     def score_states(self, model: Any, x0: Any) -> torch.Tensor | None:
         """The function's ``score_states`` fast path (see :class:`RewardFunction`), floored and counted
@@ -150,11 +189,12 @@ class Reward:
         bad = ~torch.isfinite(values)
         self.calls += len(values)
         self.failures += int(bad.sum())
+        self.causes["nan"] += int(bad.sum())
         return values.masked_fill(bad, self.floor)
 
     @staticmethod
     def _as_float(v: Any) -> float:
-        if v is None:
+        if v is None or isinstance(v, _Unscored):
             return math.nan
         try:
             return float(v)
@@ -261,6 +301,13 @@ class ProxyGuided(RewardFunction):
         if callable(getattr(self.reward, "to", None)):
             self.reward.to(device)
         return self
+
+
+def _describe(err: Exception, timeout: float | None) -> str:
+    """An exception in one line; a time-out names the limit and the setting."""
+    if isinstance(err, CallTimedOut):
+        return f"timed out after {timeout:g} s (model.reward_timeout)"
+    return f"{type(err).__name__}: {err}"
 
 
 def as_reward(reward: Reward | RewardFn, floor: float = 0.0) -> Reward:

@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 from .. import checkpoints
 from ..core.decoders import Decoder
 from ..core.model import DiffusionModel
-from ..core.reward import Reward, RewardFunction
+from ..core.deadline import CallInterrupted
+from ..core.reward import DEFAULT_TIMEOUT, Reward, RewardFunction
 from ..core.run import observe_steps
 from ..evaluation import SampleMetric, ScoreMetric
 from ..sequences import tokenize
@@ -33,7 +34,8 @@ PARTS = "parts"
 
 
 class RewardFailure(ValueError):
-    """The reward raised on every sample of a batch: a broken reward, not an invalid sample."""
+    """The reward scored none (or more than ``max_failure_fraction``) of a method's evaluations in a batch:
+    a broken reward, not an invalid sample."""
 
 
 class Terminated(ValueError):
@@ -57,24 +59,39 @@ class DecodingModule(L.LightningModule):
         seed: base seed; sample i of method m uses a generator seeded from (seed, m, i).
         model_args: constructor arguments of the checkpoint replaced for this run (sampler
             settings such as ``num_steps``), see :func:`svdd_lightning.checkpoints.load`.
+        reward_timeout: seconds one reward call (and each sample when a batch is retried one by one) may
+            take before it is abandoned and its samples floored (cause ``timeout``); null: no limit. Also
+            bounds the evaluation metrics that score samples.
+        max_failure_fraction: the run stops, in one line, when more than this fraction of a method's
+            reward evaluations in a batch got the floor (whatever the cause); it always stops when all did.
     """
 
     def __init__(self, model: str | DiffusionModel, reward: RewardFunction,
                  methods: dict[str, Decoder], metrics: dict[str, SampleMetric] | None = None,
-                 reward_floor: float = 0.0, seed: int = 0, model_args: dict | None = None) -> None:
+                 reward_floor: float = 0.0, seed: int = 0, model_args: dict | None = None,
+                 reward_timeout: float | None = DEFAULT_TIMEOUT, max_failure_fraction: float = 1.0) -> None:
         super().__init__()
         if not methods:
             raise ValueError("model.methods: name at least one decoding method")
         if not math.isfinite(reward_floor):
             raise ValueError(f"model.reward_floor must be a finite number for decoding, got {reward_floor}: "
                              f"a sample the reward cannot score must rank below scored ones (e.g. -10.0)")
+        if reward_timeout is not None and not reward_timeout > 0:
+            raise ValueError(f"model.reward_timeout must be a positive number of seconds (or null: no limit), "
+                             f"got {reward_timeout}")
+        if not 0.0 <= max_failure_fraction <= 1.0:
+            raise ValueError(f"model.max_failure_fraction must be between 0 and 1 (1: stop only when every "
+                             f"evaluation of a batch failed), got {max_failure_fraction}")
         if model_args and not isinstance(model, str):
             raise ValueError("model.model_args applies to a checkpoint path; set the arguments on the model object")
         self.model = checkpoints.load(model, overrides=model_args) if isinstance(model, str) else model
         self.model.eval().requires_grad_(False)
-        self.reward = Reward(reward, floor=reward_floor)
+        self.reward = Reward(reward, floor=reward_floor, timeout=reward_timeout)
+        self.max_failure_fraction = max_failure_fraction
         self.methods = methods
         self.metrics = metrics or {}
+        for scorer in self._scorers():
+            scorer.timeout, scorer.should_stop = reward_timeout, self._sigterm_received
         self.seed = seed
         #: method -> sample indices already decoded with this run's settings (set by DesignWriter)
         self.finished: dict[str, set[int]] = {}
@@ -111,15 +128,21 @@ class DecodingModule(L.LightningModule):
 
     def on_predict_start(self) -> None:
         """Rewards, metrics and value networks follow the model to the run's device."""
-        scorers = [self.reward, *(m.fn for m in self.metrics.values() if isinstance(m, ScoreMetric))]
-        for scorer in scorers:
+        for scorer in self._scorers():
             if callable(getattr(scorer.fn, "to", None)):
                 scorer.fn.to(self.device)
         for decoder in self.methods.values():
             decoder.to(self.device)  # its values' networks (e.g. NetworkValue's), also inside refinement
 
+    def _scorers(self) -> list[Reward]:
+        """The run's reward and the evaluation metrics that score samples."""
+        return [self.reward, *(m.fn for m in self.metrics.values() if isinstance(m, ScoreMetric))]
+
+    def _sigterm_received(self) -> bool:
+        return self._trainer is not None and getattr(self._trainer, "received_sigterm", False)
+
     def _stop_if_terminated(self) -> None:
-        if self._trainer is not None and getattr(self._trainer, "received_sigterm", False):
+        if self._sigterm_received():
             raise Terminated("stopped by SIGTERM; every batch a method finished is written: run the same command "
                              "with the same --output_dir to resume")
 
@@ -152,23 +175,39 @@ class DecodingModule(L.LightningModule):
         """One method on the sample indices ``todo``: its rows (sample, reward, evaluations) and statistics."""
         start = time.perf_counter()
         generators = [torch.Generator().manual_seed(sample_seed(self.seed, name, i)) for i in todo]
-        calls, errors = self.reward.calls, self.reward.errors
+        calls, failures, causes = self.reward.calls, self.reward.failures, dict(self.reward.causes)
         progress = self.progress
         if progress is not None:
             progress.method_start(name, len(todo))
-        with observe_steps(self._after_step):
-            result = decoder.sample(self.model, self.reward, generators, todo)
-        if self.reward.calls > calls and self.reward.errors - errors == self.reward.calls - calls:
-            raise RewardFailure(f"reward {self.reward.name} raised on every sample of a batch of {name} "
-                                f"({self.reward.calls - calls} samples; last: {self.reward.last_error}); "
-                                f"check that it accepts this model's samples. Results written so far are kept")
-        columns = {key: metric(self.model, result.x0, result.samples).tolist() for key, metric in self.metrics.items()}
+        try:
+            with observe_steps(self._after_step):
+                result = decoder.sample(self.model, self.reward, generators, todo)
+            causes = {k: v - causes[k] for k, v in self.reward.causes.items() if v > causes[k]}
+            self._check_failure_budget(name, self.reward.calls - calls, self.reward.failures - failures, causes)
+            columns = {key: metric(self.model, result.x0, result.samples).tolist()
+                       for key, metric in self.metrics.items()}
+        except CallInterrupted:  # SIGTERM while a reward was scoring
+            self._stop_if_terminated()
+            raise
         seconds = time.perf_counter() - start
         rows = [{"method": name, "index": index, "sample": result.samples[j], "reward": float(result.rewards[j]),
                  **{k: v[j] for k, v in columns.items()}} for j, index in enumerate(todo)]
         if progress is not None:
             progress.method_done()
-        return {"rows": rows, "stats": [{"method": name, "n": len(todo), "seconds": seconds, **vars(result.stats)}]}
+        return {"rows": rows, "stats": [{"method": name, "n": len(todo), "seconds": seconds, **vars(result.stats),
+                                         "reward_failure_causes": causes}]}
+
+    def _check_failure_budget(self, method: str, calls: int, failures: int, causes: dict[str, int]) -> None:
+        """Stop when the reward scored none of the batch's evaluations, or more than the budget failed."""
+        if not calls or (failures < calls and failures <= self.max_failure_fraction * calls):
+            return
+        counted = ", ".join(f"{n} {cause}" for cause, n in causes.items())
+        what = (f"scored none of {calls} evaluations" if failures == calls else
+                f"could not score {failures} of {calls} evaluations (more than model.max_failure_fraction="
+                f"{self.max_failure_fraction:g})")
+        raise RewardFailure(f"reward {self.reward.name} {what} in a batch of {method} ({counted}; last error: "
+                            f"{self.reward.last_error}); check that it accepts this model's samples. Results "
+                            f"written so far are kept")
 
 
 def _reward_parts(fn: Any, depth: int = 0) -> Iterator[Any]:

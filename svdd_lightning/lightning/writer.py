@@ -387,6 +387,10 @@ def write_outputs(output_dir: Path, metric_names: list[str], set_metrics: dict[s
         n_stat = sum(s["n"] for s in method_stats)
         entry["per_sample"] = {f: sum(s[f] for s in method_stats) / max(n_stat, 1) for f in COMPUTE_FIELDS}
         entry["reward_failures"] = sum(s["reward_failures"] for s in method_stats)  # floored evaluations
+        entry["reward_failure_causes"] = {}  # the floored evaluations by cause (raised, timeout, nan)
+        for s in method_stats:
+            for cause, n in s.get("reward_failure_causes", {}).items():
+                entry["reward_failure_causes"][cause] = entry["reward_failure_causes"].get(cause, 0) + n
         entry["wall_seconds"] = sum(s["seconds"] for s in method_stats)
         entry["samples_per_second"] = n_stat / entry["wall_seconds"] if entry["wall_seconds"] else float("nan")
         if repairs is not None:
