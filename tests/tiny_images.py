@@ -48,3 +48,16 @@ def random_aesthetic_predictor(projection_dim: int) -> dict[str, torch.Tensor]:
         state[f"layers.{index}.weight"] = torch.randn(n_out, n_in) / n_in ** 0.5
         state[f"layers.{index}.bias"] = torch.randn(n_out)
     return state
+
+
+def save_tiny_clip_tokenizer(folder: Path, max_length: int = 12) -> Path:
+    """A CLIP tokenizer over single letters (ids: start 0, end 1, then each letter and its word-final form)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for letter in "abcdefghijklmnopqrstuvwxyz":
+        vocab[letter], vocab[letter + "</w>"] = len(vocab), len(vocab) + 1
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length).save_pretrained(
+        folder)
+    return folder

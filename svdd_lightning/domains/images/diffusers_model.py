@@ -150,9 +150,15 @@ class DiffusersChain(DiffusionModel):
         return {**x, self.state_key: self._step(prediction, level, x[self.state_key]).pred_original_sample}
 
     def decode(self, x0: ImageState) -> list[torch.Tensor]:
-        """Images as float32 CPU tensors (C, H, W) in [0, 1] (moved to the host in the decoder's precision)."""
+        """Images as float32 CPU tensors (C, H, W) in [0, 1] (moved to the host in the decoder's precision);
+        a prompt-conditioned model's images carry their prompt as ``image.prompt`` (preference rewards read it)."""
         with torch.no_grad():
-            return list(self.images(x0).cpu().float())
+            images = list(self.images(x0).cpu().float())
+        prompts = getattr(self, "prompts", None)
+        if prompts and "prompt_id" in x0:
+            for image, i in zip(images, x0["prompt_id"].tolist()):
+                image.prompt = prompts[i]
+        return images
 
     def images(self, x0: ImageState) -> torch.Tensor:
         """Clean states -> an image batch (B, C, H, W) in [0, 1] on the model's device, in the decoder's
