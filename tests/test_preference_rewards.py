@@ -152,3 +152,57 @@ def test_hpsv2_reads_an_openclip_checkpoint_and_scores_cosine_similarity(tmp_pat
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="HPSv2.checkpoint: .* not an OpenCLIP"):
         HPSv2(str(tmp_path / "other.pt"), str(tokenizer_folder))
+
+
+def test_image_reward_reads_the_published_layout_and_scores_the_cls_feature(tmp_path):
+    import json
+
+    from transformers import BertTokenizer, BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
+
+    from svdd_lightning.domains.images.preference import IMAGE_REWARD_MEAN, IMAGE_REWARD_STD, ImageRewardScore
+    from svdd_lightning.domains.images.rewards import AestheticMLP
+
+    torch.manual_seed(0)
+    med = dict(vocab_size=40, hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+               max_position_embeddings=40, layer_norm_eps=1e-12, hidden_act="gelu", encoder_width=12)
+    (tmp_path / "med_config.json").write_text(json.dumps(med))
+    vision = BlipVisionModel(BlipVisionConfig(hidden_size=12, intermediate_size=24, num_hidden_layers=2,
+                                              num_attention_heads=3, image_size=32, patch_size=16,
+                                              layer_norm_eps=1e-6)).eval()
+    text = BlipTextModel(BlipTextConfig(vocab_size=40, hidden_size=8, encoder_hidden_size=12, intermediate_size=16,
+                                        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=40),
+                         add_pooling_layer=False).eval()
+    mlp = AestheticMLP(8).eval()
+    timm_names = {"embeddings.class_embedding": "cls_token", "embeddings.position_embedding": "pos_embed",
+                  "embeddings.patch_embedding": "patch_embed.proj", "post_layernorm": "norm", "layer_norm1": "norm1",
+                  "layer_norm2": "norm2", "self_attn.qkv": "attn.qkv", "self_attn.projection": "attn.proj",
+                  "encoder.layers": "blocks"}  # BLIP's timm ViT names, as in ImageReward.pt
+    state = {}
+    for key, value in vision.state_dict().items():
+        for hf, timm in timm_names.items():
+            key = key.replace(hf, timm)
+        state[f"blip.visual_encoder.{key}"] = value
+    state.update({f"blip.text_encoder.{k}": v for k, v in text.state_dict().items()})
+    state.update({f"mlp.{k}": v for k, v in mlp.state_dict().items()})
+    torch.save(state, tmp_path / "ImageReward.pt")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "red", "dog"]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizer(str(tmp_path / "vocab.txt")).save_pretrained(tmp_path / "bert")
+    reward = ImageRewardScore(str(tmp_path / "ImageReward.pt"), str(tmp_path / "med_config.json"),
+                              str(tmp_path / "bert"), head_width=4)
+    images, prompts = torch.rand(2, 3, 32, 32), ["a cat", "a red dog"]
+    tokens = BertTokenizer.from_pretrained(tmp_path / "bert")(prompts, padding="max_length", max_length=35,
+                                                              return_tensors="pt")
+    with torch.no_grad():
+        image_tokens = vision(pixel_values=clip_preprocess(images, 32)).last_hidden_state
+        cls = text(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
+                   encoder_hidden_states=image_tokens).last_hidden_state[:, 0]
+        expected = (mlp(cls).squeeze(-1) - IMAGE_REWARD_MEAN) / IMAGE_REWARD_STD
+    assert reward.relaxed(images, prompts) == pytest.approx(expected, abs=1e-5)
+    swapped = reward.relaxed(images, prompts[::-1])
+    assert not torch.allclose(swapped, expected)  # the prompt enters through cross-attention
+    del state["blip.text_encoder.encoder.layer.1.crossattention.self.query.weight"]
+    torch.save(state, tmp_path / "broken.pt")
+    with pytest.raises(ValueError, match="ImageRewardScore.checkpoint: the text encoder misses"):
+        ImageRewardScore(str(tmp_path / "broken.pt"), str(tmp_path / "med_config.json"), str(tmp_path / "bert"),
+                         head_width=4)

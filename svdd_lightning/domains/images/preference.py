@@ -4,6 +4,8 @@
   transformers ``CLIPModel`` folder; the score is CLIP's logit, exp(logit_scale) * cos(image, text).
 - :class:`HPSv2`: Human Preference Score v2 / v2.1, an OpenCLIP ViT-H/14 checkpoint (``HPS_v2*.pt``), read
   with ``torch.load(weights_only=True)`` into a transformers ``CLIPModel``; the score is cos(image, text).
+- :class:`ImageRewardScore`: ImageReward v1.0 (BLIP ViT-L + BERT cross-attention + MLP), from ``ImageReward.pt``
+  (weights only) and its ``med_config.json`` into transformers' BLIP modules.
 
 Prompts: a state of a prompt-conditioned model (Stable Diffusion) carries its ``prompt_id``, and the rewards
 read the model's ``prompts`` through ``score_states``; decoded images carry their prompt as ``image.prompt``.
@@ -244,3 +246,101 @@ class HPSv2(CLIPPreference):
             raise ValueError(f"HPSv2.checkpoint: weights do not fit the CLIP read from their shapes (missing "
                              f"{missing[:3]}, unexpected {unexpected[:3]})")
         self._setup(clip, tokenizer, prompt, batch_size)
+
+
+#: ImageReward's standardisation of its MLP output (the published mean and std over its training pairs)
+IMAGE_REWARD_MEAN, IMAGE_REWARD_STD = 0.16717362830052426, 1.0333394966054072
+_TIMM_BLOCK = {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn.qkv": "self_attn.qkv",
+               "attn.proj": "self_attn.projection", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+
+
+class ImageRewardScore(PromptImageReward):
+    """ImageReward v1.0 (Xu et al. 2023): BLIP's ViT-L/16 image tokens cross-attended by its BERT text
+    encoder, an MLP on the [CLS] feature, standardised (about -2 to 2; higher is preferred).
+
+    Built from the published checkpoint's layout with transformers' BLIP modules (the ``image-reward``
+    package needs timm 0.6, fairscale and torchvision and downloads at load): ``blip.visual_encoder.*`` (a
+    timm ViT) -> ``BlipVisionModel``, ``blip.text_encoder.*`` (BLIP's BERT) -> ``BlipTextModel``, ``mlp.*``.
+
+    Args:
+        checkpoint: ``ImageReward.pt`` (a state dict), read with ``torch.load(weights_only=True)``.
+        med_config: its ``med_config.json`` (the BERT settings).
+        tokenizer_path: local folder of a ``bert-base-uncased`` tokenizer.
+        head_width: attention head width of the ViT (64 for ViT-L/16).
+        prompt: one prompt for every image (default: each image's own prompt).
+        batch_size: images per network call.
+    """
+
+    name = "image_reward"
+    unit = "ImageReward"
+
+    def __init__(self, checkpoint: str, med_config: str, tokenizer_path: str, head_width: int = 64,
+                 prompt: str | None = None, batch_size: int = 16) -> None:
+        require("transformers", extra="images", feature="ImageRewardScore")
+        import json
+
+        from transformers import BertTokenizer, BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
+
+        from .rewards import AestheticMLP
+
+        for value, field, folder in ((checkpoint, "checkpoint", False), (med_config, "med_config", False),
+                                     (tokenizer_path, "tokenizer_path", True)):
+            require_path(value, f"ImageRewardScore.{field}", folder=folder)
+        state = torch.load(Path(checkpoint), map_location="cpu", weights_only=True)
+        if "blip.visual_encoder.patch_embed.proj.weight" not in state:
+            raise ValueError(f"ImageRewardScore.checkpoint: {checkpoint} is not an ImageReward state dict "
+                             f"(no blip.visual_encoder.patch_embed.proj.weight)")
+        vision = {k.removeprefix("blip.visual_encoder."): v for k, v in state.items()
+                  if k.startswith("blip.visual_encoder.")}
+        width, _, patch, _ = vision["patch_embed.proj.weight"].shape
+        depth = 1 + max(int(k.split(".")[1]) for k in vision if k.startswith("blocks."))
+        grid = round((vision["pos_embed"].shape[1] - 1) ** 0.5)
+        self.vision = BlipVisionModel(BlipVisionConfig(
+            hidden_size=width, intermediate_size=vision["blocks.0.mlp.fc1.weight"].shape[0], num_hidden_layers=depth,
+            num_attention_heads=width // head_width, image_size=grid * patch, patch_size=patch, layer_norm_eps=1e-6,
+            hidden_act="gelu"))
+        weights = {"embeddings.class_embedding": vision["cls_token"], "embeddings.position_embedding": vision["pos_embed"],
+                   "post_layernorm.weight": vision["norm.weight"], "post_layernorm.bias": vision["norm.bias"]}
+        for p in ("weight", "bias"):
+            weights[f"embeddings.patch_embedding.{p}"] = vision[f"patch_embed.proj.{p}"]
+            for i in range(depth):
+                for name, new in _TIMM_BLOCK.items():
+                    weights[f"encoder.layers.{i}.{new}.{p}"] = vision[f"blocks.{i}.{name}.{p}"]
+        self.vision.load_state_dict(weights)
+        med = json.loads(Path(med_config).read_text())
+        self.text = BlipTextModel(BlipTextConfig(
+            vocab_size=med["vocab_size"], hidden_size=med["hidden_size"], encoder_hidden_size=width,
+            intermediate_size=med["intermediate_size"], num_hidden_layers=med["num_hidden_layers"],
+            num_attention_heads=med["num_attention_heads"], max_position_embeddings=med["max_position_embeddings"],
+            layer_norm_eps=med.get("layer_norm_eps", 1e-12), hidden_act=med.get("hidden_act", "gelu"),
+            pad_token_id=med.get("pad_token_id", 0)), add_pooling_layer=False)
+        text = {k.removeprefix("blip.text_encoder."): v for k, v in state.items() if k.startswith("blip.text_encoder.")
+                and not k.endswith("position_ids")}
+        self.text.load_state_dict(text, strict=False)
+        missing = [k for k in self.text.state_dict() if k not in text and not k.endswith("position_ids")]
+        if missing:
+            raise ValueError(f"ImageRewardScore.checkpoint: the text encoder misses {missing[:3]}: is med_config the "
+                             f"checkpoint's?")
+        self.mlp = AestheticMLP(med["hidden_size"])
+        self.mlp.load_state_dict({k.removeprefix("mlp."): v for k, v in state.items() if k.startswith("mlp.")})
+        for network in self.networks():
+            network.eval().requires_grad_(False)
+        self.tokenizer = BertTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
+        self.image_size, self.prompt, self.batch_size = grid * patch, prompt, batch_size
+
+    def networks(self) -> list[nn.Module]:
+        return [self.vision, self.text, self.mlp]
+
+    def _text_embeddings(self, prompts: list[str]) -> torch.Tensor:
+        """Token ids and attention masks (ImageReward's: padded to 35 tokens), kept as floats side by side."""
+        tokens = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
+        return torch.cat([tokens.input_ids, tokens.attention_mask], dim=1).to(self._device())
+
+    def _pair_scores(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        ids, mask = text.long().chunk(2, dim=1)
+        pixels = clip_preprocess(images, self.image_size)
+        image_tokens = self.vision(pixel_values=pixels).last_hidden_state
+        features = self.text(input_ids=ids, attention_mask=mask, encoder_hidden_states=image_tokens,
+                             encoder_attention_mask=torch.ones(image_tokens.shape[:2], dtype=torch.long,
+                                                               device=ids.device)).last_hidden_state[:, 0]
+        return (self.mlp(features.float()).squeeze(-1) - IMAGE_REWARD_MEAN) / IMAGE_REWARD_STD
