@@ -6,8 +6,8 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
-from svdd_lightning.domains.images.flow_pipelines import StableDiffusion3, flow_sigmas
-from tiny_images import IMAGE_SIZE, build_tiny_sd3
+from svdd_lightning.domains.images.flow_pipelines import Flux, StableDiffusion3, flow_sigmas, pack_latents
+from tiny_images import IMAGE_SIZE, build_tiny_flux, build_tiny_sd3
 
 PROMPTS = ["a cat", "a red dog"]
 
@@ -47,6 +47,33 @@ def test_guided_euler_steps_on_the_sigma_grid_reproduce_diffusers_sd3(tmp_path, 
     assert torch.allclose(x["latents"], expected, atol=1e-5)
     images = model._images(x["latents"])
     assert images.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE) and 0 <= images.min() and images.max() <= 1
+
+
+def test_flux_velocity_on_packed_latents_reproduces_diffusers_flux(tmp_path):
+    from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
+
+    path = build_tiny_flux(tmp_path / "flux")
+    model = Flux(str(path), PROMPTS, num_steps=3, guidance_scale=3.5, max_sequence_length=6, height=IMAGE_SIZE)
+    torch.manual_seed(5)
+    noise = torch.randn(2, *model.sample_shape)
+    x = {"latents": noise, **model._condition_state(torch.tensor([0, 1]))}
+    for level in range(3):
+        v = model.velocity(x, level)
+        x = {**x, "latents": x["latents"] + (model.sigmas[level + 1] - model.sigmas[level]) * v}
+    pipe = FluxPipeline(
+        transformer=FluxTransformer2DModel.from_pretrained(path, subfolder="transformer"),
+        scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler"),
+        vae=AutoencoderKL.from_pretrained(path, subfolder="vae"),
+        text_encoder=CLIPTextModel.from_pretrained(path, subfolder="text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"),
+        text_encoder_2=T5EncoderModel.from_pretrained(path, subfolder="text_encoder_2"),
+        tokenizer_2=AutoTokenizer.from_pretrained(path, subfolder="tokenizer_2"))
+    with torch.no_grad():
+        expected = pipe(prompt=PROMPTS, latents=pack_latents(noise), num_inference_steps=3, guidance_scale=3.5,
+                        height=IMAGE_SIZE, width=IMAGE_SIZE, output_type="latent", max_sequence_length=6).images
+    assert torch.allclose(pack_latents(x["latents"]), expected, atol=1e-5)
+    assert model._images(x["latents"]).shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
 
 
 def test_the_sigma_grid_is_the_schedulers_with_its_shift():

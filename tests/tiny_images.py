@@ -101,3 +101,29 @@ def build_tiny_sd3(root: Path, t5: bool = True) -> Path:
     (root / "scheduler").mkdir()
     (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD3_SCHEDULER))
     return root
+
+
+FLUX_SCHEDULER = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0,
+                  "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256,
+                  "max_image_seq_len": 4096}
+
+
+def build_tiny_flux(root: Path) -> Path:
+    """A tiny random Flux dev in diffusers layout (guidance embedding, CLIP + T5, Flux's scheduler config)."""
+    from diffusers import FluxTransformer2DModel
+
+    build_tiny_sd3(root / "sd3")  # reuse its VAE, CLIP tokenizer and T5 encoder folders
+    torch.manual_seed(4)
+    FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                           num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=8,
+                           guidance_embeds=True, axes_dims_rope=(4, 4, 8)).save_pretrained(root / "transformer")
+    for source, target in (("vae", "vae"), ("tokenizer", "tokenizer"), ("tokenizer_3", "tokenizer_2"),
+                           ("text_encoder_3", "text_encoder_2")):
+        (root / "sd3" / source).rename(root / target)
+    torch.manual_seed(1)
+    CLIPTextModel(CLIPTextConfig(hidden_size=8, intermediate_size=16, num_attention_heads=2, num_hidden_layers=2,
+                                 vocab_size=60, max_position_embeddings=12, bos_token_id=0, eos_token_id=1,
+                                 pad_token_id=1)).save_pretrained(root / "text_encoder")
+    (root / "scheduler").mkdir()
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(FLUX_SCHEDULER))
+    return root

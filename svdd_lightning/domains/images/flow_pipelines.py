@@ -1,4 +1,4 @@
-"""Rectified-flow text-to-image models from local diffusers folders: Stable Diffusion 3 / 3.5.
+"""Rectified-flow text-to-image models from local diffusers folders: Stable Diffusion 3 / 3.5 and Flux.
 
 Time grid: ``FlowMatchEulerDiscreteScheduler``'s sigmas for ``num_steps`` steps (its ``shift``, or its
 resolution-dependent shift when the config asks for ``use_dynamic_shifting``), read from the folder's
@@ -27,10 +27,12 @@ from ...extras import require
 ImageState = dict[str, torch.Tensor]
 
 
-def flow_sigmas(scheduler_config: dict[str, Any], num_steps: int, image_seq_len: int) -> torch.Tensor:
+def flow_sigmas(scheduler_config: dict[str, Any], num_steps: int, image_seq_len: int,
+                uniform: bool = False) -> torch.Tensor:
     """The sigmas (num_steps + 1,) from 1 to 0 of ``FlowMatchEulerDiscreteScheduler`` for ``num_steps`` steps,
     with the config's shift (or, under ``use_dynamic_shifting``, the shift of ``image_seq_len`` latent tokens
-    that diffusers' SD3 and Flux pipelines compute)."""
+    that diffusers' SD3 and Flux pipelines compute). ``uniform``: shift the grid 1, ..., 1 / num_steps (Flux's
+    pipeline) instead of the scheduler's own."""
     from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
@@ -42,6 +44,8 @@ def flow_sigmas(scheduler_config: dict[str, Any], num_steps: int, image_seq_len:
         c = scheduler.config
         kwargs["mu"] = calculate_shift(image_seq_len, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
                                        c.get("base_shift", 0.5), c.get("max_shift", 1.16))
+    if uniform:
+        kwargs["sigmas"] = torch.linspace(1.0, 1 / num_steps, num_steps).numpy()
     scheduler.set_timesteps(num_steps, **kwargs)
     return scheduler.sigmas.float()
 
@@ -148,6 +152,109 @@ class StableDiffusion3(nn.Module):
             pooled_projections=torch.cat([self.empty_pooled.expand(n, -1), x["pooled"]]).to(dtype)).sample.float()
         uncond, cond = out.chunk(2)
         return uncond + self.guidance_scale * (cond - uncond)
+
+    def _images(self, x0: torch.Tensor) -> torch.Tensor:
+        """VAE decoding of latents (x / scaling_factor + shift_factor) to images in [0, 1], differentiable."""
+        config = self.vae.config
+        latents = x0.to(self.vae.dtype) / config.scaling_factor + (config.shift_factor or 0.0)
+        return (self.vae.decode(latents).sample.float() / 2 + 0.5).clamp(0, 1)
+
+
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """Flux's packing: (B, C, h, w) -> (B, h/2 * w/2, 4C), each 2 x 2 patch one token."""
+    b, c, h, w = latents.shape
+    return latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, h // 2 * (w // 2), 4 * c)
+
+
+def unpack_latents(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The inverse of :func:`pack_latents` for latents of h x w."""
+    b, _, channels = tokens.shape
+    return tokens.view(b, h // 2, w // 2, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, channels // 4, h, w)
+
+
+class Flux(nn.Module):
+    """Flux (dev or schnell) from a local diffusers folder (``transformer/``, ``vae/``, ``scheduler/``,
+    ``text_encoder``/``tokenizer`` (CLIP, pooled), ``text_encoder_2``/``tokenizer_2`` (T5)): the velocity of
+    ``FluxTransformer2DModel`` on packed latents, with the guidance embedding of guidance-distilled models,
+    on the pipeline's shifted sigma grid, and the VAE decoding.
+
+    States keep the latents unpacked, (B, C, h, w); the network sees them packed in 2 x 2 tokens (a
+    permutation, so steps in either form agree). There is no unconditional pass: Flux dev is
+    guidance-distilled and takes ``guidance_scale`` as an input.
+
+    Args:
+        path: the local pipeline folder; nothing is downloaded.
+        prompts: sample i is conditioned on ``prompts[i % len(prompts)]``.
+        num_steps: steps of the sigma grid (dev: 28 to 50; schnell: 4).
+        guidance_scale: the embedded guidance of a model with ``guidance_embeds`` (dev: 3.5); ignored otherwise.
+        max_sequence_length: T5 tokens per prompt (dev: 512, schnell: 256).
+        height: image height in pixels (default: 128 latent pixels times the VAE's factor, as the pipeline).
+        width: image width in pixels (default: as height).
+    """
+
+    state_key = "latents"
+
+    def __init__(self, path: str, prompts: Sequence[str], num_steps: int = 28, guidance_scale: float = 3.5,
+                 max_sequence_length: int = 512, height: int | None = None, width: int | None = None) -> None:
+        require("transformers", extra="images", feature="Flux")
+        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+        from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
+
+        super().__init__()
+        if not prompts:
+            raise ValueError("Flux.prompts: give at least one prompt")
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"Flux.path: no folder at {path} (a local Flux pipeline in diffusers layout; "
+                                    f"nothing is downloaded)")
+        self.transformer = FluxTransformer2DModel.from_pretrained(path, subfolder="transformer", local_files_only=True)
+        self.vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True)
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        height = height or 128 * factor
+        width = width or height
+        if height % (2 * factor) or width % (2 * factor):
+            raise ValueError(f"Flux.height/width: {height} x {width} must be multiples of {2 * factor} "
+                             f"(VAE factor x 2 for packing)")
+        h, w = height // factor, width // factor
+        self.sample_shape = (self.transformer.config.in_channels // 4, h, w)
+        ids = torch.zeros(h // 2, w // 2, 3)
+        ids[..., 1] += torch.arange(h // 2)[:, None]
+        ids[..., 2] += torch.arange(w // 2)[None, :]
+        self.register_buffer("image_ids", ids.reshape(-1, 3), persistent=False)
+        scheduler = FlowMatchEulerDiscreteScheduler.load_config(path, subfolder="scheduler", local_files_only=True)
+        self.register_buffer("sigmas", flow_sigmas(scheduler, num_steps, h // 2 * (w // 2), uniform=True),
+                             persistent=False)
+        with torch.no_grad():
+            clip_tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)
+            clip = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", local_files_only=True)
+            tokens = clip_tokenizer(list(prompts), padding="max_length", max_length=clip_tokenizer.model_max_length,
+                                    truncation=True, return_tensors="pt")
+            pooled = clip(tokens.input_ids).pooler_output.float()
+            t5_tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer_2", local_files_only=True)
+            t5 = T5EncoderModel.from_pretrained(path, subfolder="text_encoder_2", local_files_only=True)
+            tokens = t5_tokenizer(list(prompts), padding="max_length", max_length=max_sequence_length,
+                                  truncation=True, return_tensors="pt")
+            embeds = t5(tokens.input_ids)[0].float()
+        self.register_buffer("prompt_table", embeds, persistent=False)
+        self.register_buffer("pooled_table", pooled, persistent=False)
+        self.register_buffer("text_ids", torch.zeros(embeds.shape[1], 3), persistent=False)
+        self.prompts, self.guidance_scale, self.num_steps = list(prompts), float(guidance_scale), num_steps
+        self.eval().requires_grad_(False)
+
+    def _condition_state(self, ids: torch.Tensor) -> ImageState:
+        return {"prompt_embeds": self.prompt_table[ids], "pooled": self.pooled_table[ids], "prompt_id": ids}
+
+    def velocity(self, x: ImageState, level: int) -> torch.Tensor:
+        """The velocity (float32, unpacked) at level ``level`` (sigma_level), x_t = (1 - t) x_0 + t noise."""
+        latents, dtype = x["latents"], self.transformer.dtype
+        n, (_, h, w) = len(latents), self.sample_shape
+        guidance = None
+        if self.transformer.config.guidance_embeds:
+            guidance = torch.full((n,), self.guidance_scale, device=latents.device)
+        out = self.transformer(hidden_states=pack_latents(latents).to(dtype), timestep=self.sigmas[level].expand(n),
+                               guidance=guidance, pooled_projections=x["pooled"].to(dtype),
+                               encoder_hidden_states=x["prompt_embeds"].to(dtype), txt_ids=self.text_ids,
+                               img_ids=self.image_ids).sample.float()
+        return unpack_latents(out, h, w)
 
     def _images(self, x0: torch.Tensor) -> torch.Tensor:
         """VAE decoding of latents (x / scaling_factor + shift_factor) to images in [0, 1], differentiable."""
