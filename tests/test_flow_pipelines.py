@@ -1,5 +1,6 @@
-"""Stable Diffusion 3 from a local folder of tiny random components: the conditioning, guided velocity and
-sigma grid reproduce diffusers' own StableDiffusion3Pipeline; preference and aesthetic rewards score its images."""
+"""Stable Diffusion 3 and Flux from local folders of tiny random components: the conditioning, velocity and
+sigma grid reproduce diffusers' own pipelines; the SDE step; SVDD-PM and SMC decode SD3 images scored by the
+aesthetic and preference rewards."""
 from __future__ import annotations
 
 import pytest
@@ -100,3 +101,62 @@ def test_bad_sd3_settings_are_refused_in_one_line(tmp_path):
         StableDiffusion3(str(path), PROMPTS, height=18)
     with pytest.raises(ValueError, match="StableDiffusion3.prompts"):
         StableDiffusion3(str(path), [])
+
+
+@pytest.fixture(scope="module")
+def sd3(tmp_path_factory):
+    path = build_tiny_sd3(tmp_path_factory.mktemp("sd3"), t5=False)
+    return StableDiffusion3(str(path), PROMPTS, num_steps=3, guidance_scale=4.0, max_sequence_length=6)
+
+
+def generators(*seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def test_the_sde_step_keeps_the_ode_in_mean_and_spreads_candidates(sd3):
+    x = sd3.initial_state(generators(0, 1), torch.tensor([0, 1]))
+    v = sd3.denoise(x, 1)
+    x1 = {**x, "latents": x["latents"] * 0.5}
+    sd3.noise_level = 0.0
+    try:
+        ode = sd3.propose(x1, v, 1, generators(0, 1), 3)["latents"]
+    finally:
+        sd3.noise_level = 0.7
+    assert torch.equal(ode[0], ode[2])  # the ODE: every candidate the same
+    assert torch.allclose(ode[0], x1["latents"][0] - (sd3.sigmas[1] - sd3.sigmas[2]) * v[0])  # an Euler step
+    sde = sd3.propose(x1, v, 1, generators(0, 1), 3)
+    assert sde["prompt_id"].tolist() == [0, 0, 0, 1, 1, 1] and not torch.equal(sde["latents"][0], sde["latents"][1])
+    t, t_next = sd3.sigmas[1], sd3.sigmas[2]
+    std = 0.7 * (t / (1 - t)).sqrt()
+    rows = x1["latents"].repeat_interleave(3, 0)
+    drift = v.repeat_interleave(3, 0) + std ** 2 / (2 * t) * (rows + (1 - t) * v.repeat_interleave(3, 0))
+    noise = (sde["latents"] - (rows - drift * (t - t_next))) / (std * (t - t_next).sqrt())
+    assert abs(float(noise.mean())) < 0.2 and abs(float(noise.std()) - 1) < 0.2  # the step's noise is N(0, 1)
+    last = sd3.propose(x1, v, sd3.num_steps - 1, generators(0, 1), 2)["latents"]
+    assert torch.allclose(last[::2], sd3.x0_hat(x1, v, sd3.num_steps - 1)["latents"])  # the last step is x0_hat
+
+
+@pytest.mark.parametrize("reward_name", ["aesthetic", "pickscore"])
+def test_svdd_pm_and_smc_decode_sd3_images_scored_against_their_prompts(sd3, tmp_path, reward_name):
+    from svdd_lightning import SMC, SVDD, PosteriorMeanValue
+    from svdd_lightning.domains.images.preference import PickScore
+    from svdd_lightning.domains.images.rewards import AestheticScore
+    from test_preference_rewards import TEXT, VISION
+    from test_sd_decode import build_tiny_aesthetic
+    from transformers import CLIPConfig, CLIPModel
+
+    from tiny_images import save_tiny_clip_tokenizer
+
+    if reward_name == "aesthetic":
+        clip, predictor = build_tiny_aesthetic(tmp_path)
+        reward = AestheticScore(str(clip), str(predictor))
+    else:
+        torch.manual_seed(0)
+        CLIPModel(CLIPConfig(text_config=TEXT, vision_config=VISION, projection_dim=6)).save_pretrained(tmp_path / "ps")
+        reward = PickScore(str(tmp_path / "ps"), tokenizer_path=str(save_tiny_clip_tokenizer(tmp_path / "tok")))
+    for decoder in (SVDD(PosteriorMeanValue(), num_candidates=2), SMC(PosteriorMeanValue(), alpha=0.1)):
+        result = decoder.sample(sd3, reward, generators(0, 1, 2, 3))
+        assert result.x0["prompt_id"].tolist() == [0, 1, 0, 1]
+        assert [image.prompt for image in result.samples] == PROMPTS * 2
+        assert [tuple(s.shape) for s in result.samples] == [(3, IMAGE_SIZE, IMAGE_SIZE)] * 4
+        assert torch.allclose(result.rewards, torch.tensor(reward(result.samples)), atol=1e-5)

@@ -13,16 +13,26 @@ the transformer on [uncond; cond], the empty prompt broadcast and each row's own
 ``prompt_id``), as :class:`~.diffusers_model.StableDiffusion`.
 
 States are dicts: ``"latents"`` (B, C, h, w), ``"prompt_embeds"``, ``"pooled"`` and ``"prompt_id"`` per row.
+
+Sampling (:class:`FlowPipelineChain`): x_t = (1 - t) x_0 + t noise, x0_hat = x_t - t v. ``noise_level`` a = 0
+steps the flow ODE by Euler (the pipelines' sampler); a > 0 steps the SDE with the ODE's marginals,
+x_{t-d} = x_t - [v + s_t^2 / (2t) (x_t + (1 - t) v)] d + s_t sqrt(d) eps, s_t = a sqrt(t / (1 - t)) (Flow-GRPO;
+at t = 1 the next sigma stands in for t under the root). The step to t = 0 is x0_hat in both cases. SVDD with
+M > 1 candidates, SMC and the search decoders need a > 0 (with a = 0 every candidate is the same).
 """
 from __future__ import annotations
 
+from abc import abstractmethod
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from ...core.model import DiffusionModel
+from ...core.state import repeat_rows
 from ...extras import require
+from .diffusers_model import row_noise, tag_prompts
 
 ImageState = dict[str, torch.Tensor]
 
@@ -85,7 +95,90 @@ def encode_sd3_prompts(path: str | Path, prompts: list[str], max_sequence_length
     return torch.cat([clip_hidden, t5], dim=-2), torch.cat([pooled_l, pooled_g], dim=-1)
 
 
-class StableDiffusion3(nn.Module):
+class FlowPipelineChain(DiffusionModel):
+    """The sampling chain of a text-to-image rectified flow on a sigma grid; subclasses supply ``velocity``,
+    ``_images``, ``_condition_state``, ``sigmas`` (num_steps + 1,), ``sample_shape`` and ``prompts``."""
+
+    state_key = "latents"
+    sigmas: torch.Tensor
+    sample_shape: tuple[int, ...]
+    prompts: list[str]
+
+    def _set_noise_level(self, noise_level: float) -> None:
+        if noise_level < 0:
+            raise ValueError(f"{type(self).__name__}.noise_level must be >= 0 (0: the flow ODE), got {noise_level}")
+        self.noise_level = float(noise_level)
+        self.num_conditions = len(self.prompts)
+
+    @abstractmethod
+    def velocity(self, x: ImageState, level: int) -> torch.Tensor:
+        """The network's (guided) velocity, float32, at sigma_level."""
+
+    @abstractmethod
+    def _images(self, x0: torch.Tensor) -> torch.Tensor:
+        """Clean latents -> images (B, C, H, W) in [0, 1], differentiable."""
+
+    @abstractmethod
+    def _condition_state(self, ids: torch.Tensor) -> ImageState:
+        """The state entries of each row's prompt id."""
+
+    def _device(self) -> torch.device:
+        return self.sigmas.device
+
+    def time(self, level: int) -> float:
+        return float(self.sigmas[min(level, self.num_steps)])
+
+    def initial_state(self, generators: Sequence[torch.Generator], conditions: torch.Tensor | None = None) -> ImageState:
+        """Prior noise per generator (drawn on the CPU); row b under prompt ``conditions[b]``."""
+        if conditions is None:
+            if self.num_conditions > 1:
+                raise ValueError(f"{type(self).__name__} has {self.num_conditions} prompts: give each row's condition "
+                                 f"(decoders do: sample i gets prompt i % {self.num_conditions})")
+            conditions = torch.zeros(len(generators), dtype=torch.long)
+        ids = torch.as_tensor(conditions, dtype=torch.long).to(self._device())
+        return {"latents": row_noise(self.sample_shape, generators, 1, self._device()), **self._condition_state(ids)}
+
+    def denoise(self, x: ImageState, level: int) -> torch.Tensor:
+        return self.velocity(x, level)
+
+    def x0_hat(self, x: ImageState, prediction: torch.Tensor, level: int) -> ImageState:
+        return {**x, "latents": x["latents"] - self.sigmas[level] * prediction}
+
+    def propose(self, x: ImageState, prediction: torch.Tensor, level: int, generators: Sequence[torch.Generator],
+                num_candidates: int) -> ImageState:
+        """One Euler (a = 0) or SDE (a > 0) step for all B*M candidates; candidate j of row b draws from
+        ``generators[b]``."""
+        state = repeat_rows(x, num_candidates)
+        v, latents = prediction.repeat_interleave(num_candidates, dim=0), state["latents"]
+        t, t_next = self.sigmas[level], self.sigmas[level + 1]
+        if t_next == 0:
+            return {**state, "latents": latents - t * v}
+        dt = t - t_next
+        if self.noise_level == 0:
+            return {**state, "latents": latents - dt * v}
+        std = self.noise_level * (t / (1 - (self.sigmas[1] if t == 1 else t))).sqrt()
+        drift = v + std ** 2 / (2 * t) * (latents + (1 - t) * v)
+        noise = row_noise(self.sample_shape, generators, num_candidates, latents.device)
+        return {**state, "latents": latents - drift * dt + std * dt.sqrt() * noise}
+
+    def decode(self, x0: ImageState) -> list[torch.Tensor]:
+        """Images as float32 CPU tensors (C, H, W) in [0, 1], each carrying its prompt as ``image.prompt``."""
+        with torch.no_grad():
+            images = list(self.images(x0).cpu().float())
+        return tag_prompts(images, self.prompts, x0["prompt_id"])
+
+    def images(self, x0: ImageState) -> torch.Tensor:
+        """Clean states -> an image batch on the model's device (image rewards' ``score_states`` read it)."""
+        return self._images(x0["latents"])
+
+    def sample_files(self):
+        """A decoding run writes this model's samples as PNGs and a grid per method."""
+        from .outputs import ImageFiles
+
+        return ImageFiles()
+
+
+class StableDiffusion3(FlowPipelineChain):
     """Stable Diffusion 3 / 3.5 from a local diffusers folder (``transformer/``, ``vae/``, ``scheduler/``,
     ``text_encoder``/``tokenizer``, ``text_encoder_2``/``tokenizer_2``, optionally ``text_encoder_3``/
     ``tokenizer_3``): the guided velocity on the scheduler's sigma grid and the VAE decoding.
@@ -98,12 +191,13 @@ class StableDiffusion3(nn.Module):
         max_sequence_length: T5 tokens per prompt (the pipeline's default 256).
         height: image height in pixels (default: the transformer's ``sample_size`` times the VAE's factor).
         width: image width in pixels (default: as height).
+        noise_level: the SDE's noise level a (0: the flow ODE, the pipeline's sampler; SVDD, SMC and the
+            search decoders need a > 0, e.g. 0.7).
     """
 
-    state_key = "latents"
-
     def __init__(self, path: str, prompts: Sequence[str], num_steps: int = 28, guidance_scale: float = 7.0,
-                 max_sequence_length: int = 256, height: int | None = None, width: int | None = None) -> None:
+                 max_sequence_length: int = 256, height: int | None = None, width: int | None = None,
+                 noise_level: float = 0.7) -> None:
         require("transformers", extra="images", feature="StableDiffusion3")
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
@@ -132,6 +226,7 @@ class StableDiffusion3(nn.Module):
         self.register_buffer("empty_prompt", embeds[-1:], persistent=False)
         self.register_buffer("empty_pooled", pooled[-1:], persistent=False)
         self.prompts, self.guidance_scale, self.num_steps = list(prompts), float(guidance_scale), num_steps
+        self._set_noise_level(noise_level)
         self.eval().requires_grad_(False)
 
     def _condition_state(self, ids: torch.Tensor) -> ImageState:
@@ -172,7 +267,7 @@ def unpack_latents(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return tokens.view(b, h // 2, w // 2, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, channels // 4, h, w)
 
 
-class Flux(nn.Module):
+class Flux(FlowPipelineChain):
     """Flux (dev or schnell) from a local diffusers folder (``transformer/``, ``vae/``, ``scheduler/``,
     ``text_encoder``/``tokenizer`` (CLIP, pooled), ``text_encoder_2``/``tokenizer_2`` (T5)): the velocity of
     ``FluxTransformer2DModel`` on packed latents, with the guidance embedding of guidance-distilled models,
@@ -190,12 +285,12 @@ class Flux(nn.Module):
         max_sequence_length: T5 tokens per prompt (dev: 512, schnell: 256).
         height: image height in pixels (default: 128 latent pixels times the VAE's factor, as the pipeline).
         width: image width in pixels (default: as height).
+        noise_level: the SDE's noise level a (0: the flow ODE; SVDD, SMC and the search decoders need a > 0).
     """
 
-    state_key = "latents"
-
     def __init__(self, path: str, prompts: Sequence[str], num_steps: int = 28, guidance_scale: float = 3.5,
-                 max_sequence_length: int = 512, height: int | None = None, width: int | None = None) -> None:
+                 max_sequence_length: int = 512, height: int | None = None, width: int | None = None,
+                 noise_level: float = 0.7) -> None:
         require("transformers", extra="images", feature="Flux")
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
         from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
@@ -238,6 +333,7 @@ class Flux(nn.Module):
         self.register_buffer("pooled_table", pooled, persistent=False)
         self.register_buffer("text_ids", torch.zeros(embeds.shape[1], 3), persistent=False)
         self.prompts, self.guidance_scale, self.num_steps = list(prompts), float(guidance_scale), num_steps
+        self._set_noise_level(noise_level)
         self.eval().requires_grad_(False)
 
     def _condition_state(self, ids: torch.Tensor) -> ImageState:
