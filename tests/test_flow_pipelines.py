@@ -160,3 +160,36 @@ def test_svdd_pm_and_smc_decode_sd3_images_scored_against_their_prompts(sd3, tmp
         assert [image.prompt for image in result.samples] == PROMPTS * 2
         assert [tuple(s.shape) for s in result.samples] == [(3, IMAGE_SIZE, IMAGE_SIZE)] * 4
         assert torch.allclose(result.rewards, torch.tensor(reward(result.samples)), atol=1e-5)
+
+
+def test_the_sd3_pickscore_config_decodes_end_to_end_on_tiny_files(tmp_path):
+    import json
+    from pathlib import Path
+
+    import yaml
+    from transformers import CLIPConfig, CLIPModel
+
+    from test_preference_rewards import TEXT, VISION
+    from test_sd_decode import QUIET, decode
+    from tiny_images import save_tiny_clip_tokenizer
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/images/sd3_pickscore.yaml").read_text())
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=TEXT, vision_config=VISION, projection_dim=6)).save_pretrained(tmp_path / "ps")
+    config["trainer"].update(accelerator="cpu", **QUIET)
+    model = config["model"]
+    model["model"]["init_args"].update(path=str(build_tiny_sd3(tmp_path / "sd3", t5=False)), prompts=PROMPTS,
+                                       num_steps=2, max_sequence_length=6)
+    model["reward"]["init_args"].update(model_path=str(tmp_path / "ps"),
+                                        tokenizer_path=str(save_tiny_clip_tokenizer(tmp_path / "tok")))
+    for method in model["methods"].values():
+        for key in ("n", "num_candidates"):
+            if key in method["init_args"]:
+                method["init_args"][key] = 2
+    config["data"] = {"num_samples": 4, "batch_size": 2}
+    decode(config, tmp_path / "sd3.yaml", tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert set(summary) == {"pretrained", "best_of_n", "smc", "svdd_pm"}
+    for method, entry in summary.items():
+        assert entry["n"] == 4 and entry["reward_failures"] == 0, method
+        assert len(list((tmp_path / "out" / method).glob("*.png"))) == 4
