@@ -138,7 +138,7 @@ def test_the_sde_step_keeps_the_ode_in_mean_and_spreads_candidates(sd3):
 
 @pytest.mark.parametrize("reward_name", ["aesthetic", "pickscore"])
 def test_svdd_pm_and_smc_decode_sd3_images_scored_against_their_prompts(sd3, tmp_path, reward_name):
-    from svdd_lightning import SMC, SVDD, PosteriorMeanValue
+    from svdd_lightning import DPS, SMC, SVDD, PosteriorMeanValue
     from svdd_lightning.domains.images.preference import PickScore
     from svdd_lightning.domains.images.rewards import AestheticScore
     from test_preference_rewards import TEXT, VISION
@@ -154,7 +154,10 @@ def test_svdd_pm_and_smc_decode_sd3_images_scored_against_their_prompts(sd3, tmp
         torch.manual_seed(0)
         CLIPModel(CLIPConfig(text_config=TEXT, vision_config=VISION, projection_dim=6)).save_pretrained(tmp_path / "ps")
         reward = PickScore(str(tmp_path / "ps"), tokenizer_path=str(save_tiny_clip_tokenizer(tmp_path / "tok")))
-    for decoder in (SVDD(PosteriorMeanValue(), num_candidates=2), SMC(PosteriorMeanValue(), alpha=0.1)):
+    decoders = [SVDD(PosteriorMeanValue(), num_candidates=2), SMC(PosteriorMeanValue(), alpha=0.1)]
+    if reward_name == "aesthetic":  # DPS's relaxed(images) has no prompts: a preference reward needs prompt=...
+        decoders.append(DPS(scale=0.1))
+    for decoder in decoders:
         result = decoder.sample(sd3, reward, generators(0, 1, 2, 3))
         assert result.x0["prompt_id"].tolist() == [0, 1, 0, 1]
         assert [image.prompt for image in result.samples] == PROMPTS * 2
@@ -193,3 +196,24 @@ def test_the_sd3_pickscore_config_decodes_end_to_end_on_tiny_files(tmp_path):
     for method, entry in summary.items():
         assert entry["n"] == 4 and entry["reward_failures"] == 0, method
         assert len(list((tmp_path / "out" / method).glob("*.png"))) == 4
+
+
+def test_forward_noise_follows_the_interpolant_and_dps_moves_x0_hat_up_the_reward(sd3):
+    x = sd3.initial_state(generators(0, 1), torch.tensor([0, 1]))
+    x0 = {**x, "latents": torch.randn_like(x["latents"])}
+    noisy = sd3.forward_noise(x0, 1, generators(7, 8))
+    t = sd3.sigmas[1]
+    noise = torch.stack([torch.randn(sd3.sample_shape, generator=g) for g in generators(7, 8)])
+    assert torch.allclose(noisy["latents"], (1 - t) * x0["latents"] + t * noise)
+    assert sd3.forward_noise(x0, sd3.num_steps, generators(7, 8)) is x0
+
+    def brightness(images):
+        return images.mean(dim=(1, 2, 3))
+
+    v = sd3.denoise(x, 1)
+    assert torch.allclose(sd3.guided_prediction(x, 1, brightness, 0.0), v, atol=1e-6)
+    guided = sd3.guided_prediction(x, 1, brightness, 0.05)
+    with torch.no_grad():
+        before = brightness(sd3._images(sd3.x0_hat(x, v, 1)["latents"]))
+        after = brightness(sd3._images(sd3.x0_hat(x, guided, 1)["latents"]))
+    assert (after > before).all()

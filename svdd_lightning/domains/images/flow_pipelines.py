@@ -18,13 +18,14 @@ Sampling (:class:`FlowPipelineChain`): x_t = (1 - t) x_0 + t noise, x0_hat = x_t
 steps the flow ODE by Euler (the pipelines' sampler); a > 0 steps the SDE with the ODE's marginals,
 x_{t-d} = x_t - [v + s_t^2 / (2t) (x_t + (1 - t) v)] d + s_t sqrt(d) eps, s_t = a sqrt(t / (1 - t)) (Flow-GRPO;
 at t = 1 the next sigma stands in for t under the root). The step to t = 0 is x0_hat in both cases. SVDD with
-M > 1 candidates, SMC and the search decoders need a > 0 (with a = 0 every candidate is the same).
+M > 1 candidates, SMC and the search decoders need a > 0 (with a = 0 every candidate is the same). ``forward_noise`` (refinement) and ``guided_prediction`` (DPS through x0_hat) follow
+the same interpolant.
 """
 from __future__ import annotations
 
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -160,6 +161,27 @@ class FlowPipelineChain(DiffusionModel):
         drift = v + std ** 2 / (2 * t) * (latents + (1 - t) * v)
         noise = row_noise(self.sample_shape, generators, num_candidates, latents.device)
         return {**state, "latents": latents - drift * dt + std * dt.sqrt() * noise}
+
+    def forward_noise(self, x0: ImageState, level: int, generators: Sequence[torch.Generator]) -> ImageState:
+        """x_t = (1 - t) x_0 + t noise at the level's sigma (the clean level is returned as it is)."""
+        t = self.sigmas[min(level, self.num_steps)]
+        if t == 0:
+            return x0
+        noise = row_noise(self.sample_shape, generators, 1, x0["latents"].device)
+        return {**x0, "latents": (1 - t) * x0["latents"] + t * noise}
+
+    def guided_prediction(self, x: ImageState, level: int, guidance: Callable[[torch.Tensor], torch.Tensor],
+                          scale: float) -> torch.Tensor:
+        """DPS: the velocity whose score is the model's plus ``scale`` times the gradient g with respect to x_t
+        of ``guidance(images of x0_hat(x_t))`` (through the network): v' = v - scale t / (1 - t) g, since
+        x0_hat = (x_t + t^2 score) / (1 - t) and x0_hat = x_t - t v (at t = 1 the next sigma stands in for t
+        in 1 - t)."""
+        latents = x["latents"].detach().requires_grad_(True)
+        state = {**x, "latents": latents}
+        v = self.velocity(state, level)
+        t = self.sigmas[level]
+        (grad,) = torch.autograd.grad(guidance(self._images(latents - t * v)).sum(), latents)
+        return v.detach() - scale * t / (1 - (self.sigmas[1] if t == 1 else t)) * grad
 
     def decode(self, x0: ImageState) -> list[torch.Tensor]:
         """Images as float32 CPU tensors (C, H, W) in [0, 1], each carrying its prompt as ``image.prompt``."""
