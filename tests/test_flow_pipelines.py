@@ -137,8 +137,8 @@ def test_the_sde_step_keeps_the_ode_in_mean_and_spreads_candidates(sd3):
 
 
 @pytest.mark.parametrize("reward_name", ["aesthetic", "pickscore"])
-def test_svdd_pm_and_smc_decode_sd3_images_scored_against_their_prompts(sd3, tmp_path, reward_name):
-    from svdd_lightning import DPS, SMC, SVDD, PosteriorMeanValue
+def test_svdd_smc_and_dps_decode_sd3_images_scored_against_their_prompts(sd3, tmp_path, reward_name):
+    from svdd_lightning import DPS, SMC, SVDD, PosteriorMeanValue, PosteriorSamplingValue
     from svdd_lightning.domains.images.preference import PickScore
     from svdd_lightning.domains.images.rewards import AestheticScore
     from test_preference_rewards import TEXT, VISION
@@ -154,7 +154,8 @@ def test_svdd_pm_and_smc_decode_sd3_images_scored_against_their_prompts(sd3, tmp
         torch.manual_seed(0)
         CLIPModel(CLIPConfig(text_config=TEXT, vision_config=VISION, projection_dim=6)).save_pretrained(tmp_path / "ps")
         reward = PickScore(str(tmp_path / "ps"), tokenizer_path=str(save_tiny_clip_tokenizer(tmp_path / "tok")))
-    decoders = [SVDD(PosteriorMeanValue(), num_candidates=2), SMC(PosteriorMeanValue(), alpha=0.1)]
+    decoders = [SVDD(PosteriorMeanValue(), num_candidates=2), SMC(PosteriorMeanValue(), alpha=0.1),
+                SVDD(PosteriorSamplingValue(num_samples=2, x0_steps=2), num_candidates=2)]
     if reward_name == "aesthetic":  # DPS's relaxed(images) has no prompts: a preference reward needs prompt=...
         decoders.append(DPS(scale=0.1))
     for decoder in decoders:
@@ -217,3 +218,22 @@ def test_forward_noise_follows_the_interpolant_and_dps_moves_x0_hat_up_the_rewar
         before = brightness(sd3._images(sd3.x0_hat(x, v, 1)["latents"]))
         after = brightness(sd3._images(sd3.x0_hat(x, guided, 1)["latents"]))
     assert (after > before).all()
+
+
+def test_x0_samples_roll_out_sde_steps_and_one_step_is_x0_hat(sd3):
+    x = sd3.initial_state(generators(0, 1), torch.tensor([0, 1]))
+    v = sd3.denoise(x, 0)
+    one = sd3.x0_samples(x, v, 0, generators(0, 1), 2, 1)
+    assert torch.allclose(one["latents"][::2], sd3.x0_hat(x, v, 0)["latents"]) and one["prompt_id"].tolist() == [0, 0, 1, 1]
+    two = sd3.x0_samples(x, v, 0, generators(0, 1), 2, 2)["latents"]
+    assert not torch.allclose(two[0], two[1])  # stochastic rollouts
+    again = sd3.x0_samples(x, v, 0, generators(0, 1), 2, 2)["latents"]
+    assert torch.equal(two, again)  # from the rows' own generators
+    sd3.noise_level = 0.0
+    try:  # at a = 0: Euler from sigma_0 to sigma_2 (levels 0, 2, 3 of 3), then x0_hat
+        ode = sd3.x0_samples(x, v, 0, generators(0, 1), 1, 2)["latents"]
+        mid = {**x, "latents": x["latents"] - (sd3.sigmas[0] - sd3.sigmas[2]) * v}
+        by_hand = sd3.x0_hat(mid, sd3.denoise(mid, 2), 2)["latents"]
+    finally:
+        sd3.noise_level = 0.7
+    assert torch.allclose(ode, by_hand, atol=1e-6)

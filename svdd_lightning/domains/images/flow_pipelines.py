@@ -18,7 +18,8 @@ Sampling (:class:`FlowPipelineChain`): x_t = (1 - t) x_0 + t noise, x0_hat = x_t
 steps the flow ODE by Euler (the pipelines' sampler); a > 0 steps the SDE with the ODE's marginals,
 x_{t-d} = x_t - [v + s_t^2 / (2t) (x_t + (1 - t) v)] d + s_t sqrt(d) eps, s_t = a sqrt(t / (1 - t)) (Flow-GRPO;
 at t = 1 the next sigma stands in for t under the root). The step to t = 0 is x0_hat in both cases. SVDD with
-M > 1 candidates, SMC and the search decoders need a > 0 (with a = 0 every candidate is the same). ``forward_noise`` (refinement) and ``guided_prediction`` (DPS through x0_hat) follow
+M > 1 candidates, SMC and the search decoders need a > 0 (with a = 0 every candidate is the same). ``x0_samples`` (the posterior-sampling value) rolls out
+SDE steps on a subgrid; ``forward_noise`` (refinement) and ``guided_prediction`` (DPS through x0_hat) follow
 the same interpolant.
 """
 from __future__ import annotations
@@ -150,17 +151,38 @@ class FlowPipelineChain(DiffusionModel):
         """One Euler (a = 0) or SDE (a > 0) step for all B*M candidates; candidate j of row b draws from
         ``generators[b]``."""
         state = repeat_rows(x, num_candidates)
-        v, latents = prediction.repeat_interleave(num_candidates, dim=0), state["latents"]
-        t, t_next = self.sigmas[level], self.sigmas[level + 1]
+        v = prediction.repeat_interleave(num_candidates, dim=0)
+        rows = [g for g in generators for _ in range(num_candidates)]
+        return {**state, "latents": self._step(state["latents"], v, level, level + 1, rows)}
+
+    def _step(self, latents: torch.Tensor, v: torch.Tensor, level: int, to: int,
+              generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """From sigma_level to sigma_to: x0_hat when sigma_to = 0, else an Euler (a = 0) or SDE step; row i's
+        noise from ``generators[i]``."""
+        t, t_next = self.sigmas[level], self.sigmas[to]
         if t_next == 0:
-            return {**state, "latents": latents - t * v}
+            return latents - t * v
         dt = t - t_next
         if self.noise_level == 0:
-            return {**state, "latents": latents - dt * v}
+            return latents - dt * v
         std = self.noise_level * (t / (1 - (self.sigmas[1] if t == 1 else t))).sqrt()
         drift = v + std ** 2 / (2 * t) * (latents + (1 - t) * v)
-        noise = row_noise(self.sample_shape, generators, num_candidates, latents.device)
-        return {**state, "latents": latents - drift * dt + std * dt.sqrt() * noise}
+        return latents - drift * dt + std * dt.sqrt() * row_noise(self.sample_shape, generators, 1, latents.device)
+
+    def x0_samples(self, x: ImageState, prediction: torch.Tensor, level: int, generators: Sequence[torch.Generator],
+                   num_samples: int, num_steps: int) -> ImageState:
+        """x_0 drawn by ``num_steps`` SDE steps on an even subgrid of the remaining levels (one step: x0_hat);
+        sample j of row b draws from ``generators[b]``."""
+        num_steps = min(num_steps, self.num_steps - level)
+        state, v = repeat_rows(x, num_samples), prediction.repeat_interleave(num_samples, dim=0)
+        rows = [g for g in generators for _ in range(num_samples)]
+        levels = torch.linspace(level, self.num_steps, num_steps + 1).round().long().tolist()
+        latents = state["latents"]
+        for j in range(num_steps):
+            if j:
+                v = self.velocity({**state, "latents": latents}, levels[j])
+            latents = self._step(latents, v, levels[j], levels[j + 1], rows)
+        return {**state, "latents": latents}
 
     def forward_noise(self, x0: ImageState, level: int, generators: Sequence[torch.Generator]) -> ImageState:
         """x_t = (1 - t) x_0 + t noise at the level's sigma (the clean level is returned as it is)."""
