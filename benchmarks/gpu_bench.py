@@ -267,8 +267,8 @@ def sd3(work: Path, tiny: bool, device: torch.device) -> dict:
                              noise_level=0.7).to(device)
     reward = AestheticScore(str(clip), str(predictor)).to(device)
     half = device.type == "cuda"
-    if half:
-        reward.clip.half()
+    if half:  # fp16 weights on the GPU: the transformer, the VAE and CLIP
+        model.transformer.half(), model.vae.half(), reward.clip.half()
     built = time.perf_counter() - start
     tried = {}
     for images in ((2,) if tiny else (8, 4, 2, 1)):
