@@ -101,18 +101,18 @@ class Tower(nn.Module):
 class TinyOpenCLIP(nn.Module):
     """An OpenCLIP ViT CLIP with the state-dict layout of HPS v2's checkpoint, written from OpenCLIP's forward."""
 
-    def __init__(self, width=8, heads=2, patch=10, grid=3, embed=6, vocab=60, context=12) -> None:
+    def __init__(self, width=8, patch=10, grid=3, embed=6, vocab=60, context=12) -> None:
         super().__init__()
         self.visual = nn.Module()
         self.visual.conv1 = nn.Conv2d(3, width, patch, patch, bias=False)
         self.visual.class_embedding = nn.Parameter(torch.randn(width))
         self.visual.positional_embedding = nn.Parameter(torch.randn(grid * grid + 1, width))
         self.visual.ln_pre, self.visual.ln_post = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.visual.transformer = Tower(width, heads, 2)
+        self.visual.transformer = Tower(width, 4, 2)  # head width 2 here, 4 in the text tower (as 80 and 64)
         self.visual.proj = nn.Parameter(torch.randn(width, embed))
         self.token_embedding = nn.Embedding(vocab, width)
         self.positional_embedding = nn.Parameter(torch.randn(context, width))
-        self.transformer = Tower(width, heads, 2)
+        self.transformer = Tower(width, 2, 2)
         self.ln_final = nn.LayerNorm(width)
         self.text_projection = nn.Parameter(torch.randn(width, embed))
         self.logit_scale = nn.Parameter(torch.tensor(2.0))
@@ -138,7 +138,7 @@ def test_hpsv2_reads_an_openclip_checkpoint_and_scores_cosine_similarity(tmp_pat
     reference = TinyOpenCLIP().eval()
     torch.save({"state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()}}, tmp_path / "hps.pt")
     tokenizer_folder = save_tiny_clip_tokenizer(tmp_path / "tokenizer")
-    reward = HPSv2(str(tmp_path / "hps.pt"), str(tokenizer_folder), head_width=4)
+    reward = HPSv2(str(tmp_path / "hps.pt"), str(tokenizer_folder), vision_head_width=2, text_head_width=4)
     images = torch.rand(3, 3, 30, 30)
     prompts = ["a cat", "a red dog", "a cat"]
     ids = CLIPTokenizer.from_pretrained(tokenizer_folder)(prompts, padding="max_length", max_length=12,
@@ -152,6 +152,10 @@ def test_hpsv2_reads_an_openclip_checkpoint_and_scores_cosine_similarity(tmp_pat
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="HPSv2.checkpoint: .* not an OpenCLIP"):
         HPSv2(str(tmp_path / "other.pt"), str(tokenizer_folder))
+    with pytest.raises(ValueError, match="HPSv2.vision_head_width: 3 does not divide"):
+        HPSv2(str(tmp_path / "hps.pt"), str(tokenizer_folder), vision_head_width=3)
+    wrong = HPSv2(str(tmp_path / "hps.pt"), str(tokenizer_folder), vision_head_width=4, text_head_width=4)
+    assert wrong.relaxed(images, prompts) != pytest.approx(expected, abs=1e-5)  # the head split matters
 
 
 def test_image_reward_reads_the_published_layout_and_scores_the_cls_feature(tmp_path):

@@ -148,12 +148,13 @@ class PickScore(CLIPPreference):
         self._setup(clip, CLIPTokenizer.from_pretrained(tokenizer_path, local_files_only=True), prompt, batch_size)
 
 
-def openclip_to_transformers(state: dict[str, torch.Tensor], head_width: int = 64,
+def openclip_to_transformers(state: dict[str, torch.Tensor], vision_head_width: int = 80, text_head_width: int = 64,
                              text_ids: dict[str, int] | None = None) -> tuple[Any, dict[str, torch.Tensor]]:
     """A transformers ``CLIPConfig`` and state dict from an OpenCLIP (or OpenAI CLIP) ViT state dict.
 
-    The architecture is read from the tensor shapes; attention heads are width / ``head_width`` (64 in
-    OpenCLIP's ViT-H/14 and ViT-L/14). ``text_ids`` gives the tokenizer's ``bos/eos/pad_token_id``.
+    The architecture is read from the tensor shapes; attention heads are width / head width (OpenCLIP's
+    ViT-H/14: 80 in the image tower, 64 in the text tower; ViT-L/14: 64 in both). ``text_ids`` gives the
+    tokenizer's ``bos/eos/pad_token_id``.
     """
     from transformers import CLIPConfig
 
@@ -167,13 +168,13 @@ def openclip_to_transformers(state: dict[str, torch.Tensor], head_width: int = 6
         projection_dim=state["text_projection"].shape[1],
         vision_config=dict(hidden_size=vision_width, patch_size=patch, image_size=grid * patch,
                            num_hidden_layers=layers("visual.transformer.resblocks."),
-                           num_attention_heads=vision_width // head_width,
+                           num_attention_heads=vision_width // vision_head_width,
                            intermediate_size=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
                            hidden_act="gelu"),
         text_config=dict(hidden_size=text_width, vocab_size=state["token_embedding.weight"].shape[0],
                          max_position_embeddings=state["positional_embedding"].shape[0],
                          num_hidden_layers=layers("transformer.resblocks."),
-                         num_attention_heads=text_width // head_width,
+                         num_attention_heads=text_width // text_head_width,
                          intermediate_size=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
                          hidden_act="gelu", **(text_ids or {})))
     out = {"vision_model.embeddings.class_embedding": state["visual.class_embedding"],
@@ -214,7 +215,8 @@ class HPSv2(CLIPPreference):
             state dict, or a dict holding it under ``state_dict``, read with ``torch.load(weights_only=True)``.
         tokenizer_path: local folder of OpenCLIP's tokenizer as a transformers ``CLIPTokenizer`` (e.g. that of
             ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``).
-        head_width: attention head width of the checkpoint's towers (64 for ViT-H/14).
+        vision_head_width: attention head width of the image tower (80 for ViT-H/14).
+        text_head_width: attention head width of the text tower (64 for ViT-H/14).
         prompt: one prompt for every image (default: each image's own prompt).
         batch_size: images per network call.
     """
@@ -223,8 +225,8 @@ class HPSv2(CLIPPreference):
     unit = "HPS v2"
     use_logit_scale = False
 
-    def __init__(self, checkpoint: str, tokenizer_path: str, head_width: int = 64, prompt: str | None = None,
-                 batch_size: int = 16) -> None:
+    def __init__(self, checkpoint: str, tokenizer_path: str, vision_head_width: int = 80, text_head_width: int = 64,
+                 prompt: str | None = None, batch_size: int = 16) -> None:
         require("transformers", extra="images", feature="HPSv2")
         from transformers import CLIPModel, CLIPTokenizer
 
@@ -238,7 +240,11 @@ class HPSv2(CLIPPreference):
         tokenizer = CLIPTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
         ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                    pad_token_id=tokenizer.pad_token_id)
-        config, weights = openclip_to_transformers(state, head_width, ids)
+        for field, width, head in (("vision_head_width", state["visual.conv1.weight"].shape[0], vision_head_width),
+                                   ("text_head_width", state["token_embedding.weight"].shape[1], text_head_width)):
+            if width % head:
+                raise ValueError(f"HPSv2.{field}: {head} does not divide the tower's width {width}")
+        config, weights = openclip_to_transformers(state, vision_head_width, text_head_width, ids)
         clip = CLIPModel(config)
         missing, unexpected = clip.load_state_dict(weights, strict=False)
         missing = [k for k in missing if not k.endswith("position_ids")]
