@@ -75,6 +75,14 @@ def test_flux_velocity_on_packed_latents_reproduces_diffusers_flux(tmp_path):
                         height=IMAGE_SIZE, width=IMAGE_SIZE, output_type="latent", max_sequence_length=6).images
     assert torch.allclose(pack_latents(x["latents"]), expected, atol=1e-5)
     assert model._images(x["latents"]).shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    from svdd_lightning import SVDD, PosteriorMeanValue
+
+    def brightness(images):
+        return [float(image.mean()) for image in images]
+
+    result = SVDD(PosteriorMeanValue(), num_candidates=2).sample(model, brightness, generators(0, 1))
+    assert [image.prompt for image in result.samples] == PROMPTS
+    assert result.rewards.tolist() == pytest.approx(brightness(result.samples))
 
 
 def test_the_sigma_grid_is_the_schedulers_with_its_shift():
