@@ -13,7 +13,12 @@ Sections, each timed and written to ``<out>/gpu_benchmark.json`` as it finishes:
    VAE, CLIP ViT-L/14 text and vision towers from their published configs, random weights, fp16 on a GPU)
    and the aesthetic predictor's shape: seconds per image and peak GPU memory, every step's B x M candidates
    in one UNet call (2 B M rows with guidance), one VAE call and one CLIP call (chunk_size = B x M).
-4. ``ddp_fit``: the 2-process DDP fit and decode job of tests/ddp_jobs.py on 2 GPUs, when there are 2.
+4. ``sd3``: SVDD-PM with M = 8 on the SDE (noise level 0.7) of 28 steps of Stable Diffusion 3 Medium-shaped
+   components (the MMDiT transformer, 16-channel VAE, CLIP-L and CLIP-G text towers from the published
+   configs, random weights, fp16 on a GPU; no T5, whose embeddings are then zeros as in diffusers' pipeline)
+   at 512 x 512, with the aesthetic reward: the largest batch of 8, 4, 2, 1 images that fits, its seconds per
+   image and peak GPU memory.
+5. ``ddp_fit``: the 2-process DDP fit and decode job of tests/ddp_jobs.py on 2 GPUs, when there are 2.
 """
 from __future__ import annotations
 
@@ -211,6 +216,86 @@ def stable_diffusion(work: Path, tiny: bool, device: torch.device, images: int) 
             "aesthetic_median": float(result.rewards.median())}
 
 
+SD3_TRANSFORMER = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
+                       attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
+                       caption_projection_dim=1536, pooled_projection_dim=2048, pos_embed_max_size=192)
+SD3_VAE = dict(block_out_channels=(128, 256, 512, 512), in_channels=3, out_channels=3, latent_channels=16,
+               layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
+               up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=1.5305, shift_factor=0.0609,
+               use_quant_conv=False, use_post_quant_conv=False)
+CLIP_G14_TEXT = dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
+                     max_position_embeddings=77, vocab_size=49408, projection_dim=1280, hidden_act="gelu")
+
+
+def build_sd3(folder: Path, tiny: bool, device: torch.device) -> Path:
+    """An SD3 Medium-shaped pipeline folder with random weights (built on ``device``), or the tests' tiny one."""
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_images import SD3_SCHEDULER, build_tiny_sd3, save_tiny_clip_tokenizer
+
+    if tiny:
+        return build_tiny_sd3(folder, t5=False)
+    torch.manual_seed(0)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    with torch.device(device):
+        SD3Transformer2DModel(**SD3_TRANSFORMER).to(dtype).save_pretrained(folder / "transformer")
+        AutoencoderKL(**SD3_VAE).to(dtype).save_pretrained(folder / "vae")
+        for index, config in (("", CLIP_L14_TEXT), ("_2", CLIP_G14_TEXT)):
+            CLIPTextModelWithProjection(CLIPTextConfig(**config, bos_token_id=0, eos_token_id=1, pad_token_id=1)) \
+                .to(dtype).save_pretrained(folder / f"text_encoder{index}")
+            save_tiny_clip_tokenizer(folder / f"tokenizer{index}", max_length=77)
+    (folder / "scheduler").mkdir(parents=True, exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD3_SCHEDULER))
+    return folder
+
+
+def sd3(work: Path, tiny: bool, device: torch.device) -> dict:
+    from svdd_lightning import SVDD, PosteriorMeanValue
+    from svdd_lightning.core.reward import Reward
+    from svdd_lightning.domains.images.flow_pipelines import StableDiffusion3
+    from svdd_lightning.domains.images.rewards import AestheticScore
+
+    start = time.perf_counter()
+    path = build_sd3(work / "sd3_components", tiny, device)
+    clip, predictor = work / "sd_components" / "clip", work / "sd_components" / "predictor.pth"
+    if not clip.exists():
+        _, clip, predictor = build_sd(work / "sd_components", tiny)
+    steps, m, height = (3, 2, None) if tiny else (28, 8, 512)
+    model = StableDiffusion3(str(path), ["cat", "dog", "horse", "monkey"], num_steps=steps, height=height,
+                             noise_level=0.7).to(device)
+    reward = AestheticScore(str(clip), str(predictor)).to(device)
+    half = device.type == "cuda"
+    if half:  # fp16 weights on the GPU: the transformer, the VAE and CLIP
+        model.transformer.half(), model.vae.half(), reward.clip.half()
+    built = time.perf_counter() - start
+    tried = {}
+    for images in ((2,) if tiny else (8, 4, 2, 1)):
+        decoder = SVDD(PosteriorMeanValue(), m, chunk_size=images * m)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            with torch.inference_mode():
+                sync(device)
+                t0 = time.perf_counter()
+                result = decoder.sample(model, Reward(reward), [torch.Generator().manual_seed(i) for i in range(images)],
+                                        list(range(images)))
+                sync(device)
+                seconds = time.perf_counter() - t0
+        except torch.OutOfMemoryError:
+            tried[images] = "out of memory"
+            continue
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        return {"images": images, "num_candidates": m, "steps": steps, "noise_level": 0.7, "fp16": half,
+                "height": height, "t5": False, "too_large": tried,
+                "seconds_per_image": seconds / images, "peak_memory_gib": peak, "build_seconds": round(built, 1),
+                "denoiser_calls_per_image": result.stats.denoiser_calls / images,
+                "aesthetic_median": float(result.rewards.median())}
+    return {"error": f"no batch fits: {tried}"}
+
+
 def ddp_fit(out: Path) -> dict:
     import subprocess
 
@@ -245,6 +330,7 @@ def main() -> None:
             "dna_job": lambda: dna_job(paths, args.tiny, batch, "gpu" if cuda else "cpu", out),
             "head_to_head": lambda: head_to_head(paths, args.tiny, batch, device),
             "stable_diffusion": lambda: stable_diffusion(work, args.tiny, device, args.sd_images or (2 if args.tiny else 4)),
+            "sd3": lambda: sd3(work, args.tiny, device),
         }
         if torch.cuda.device_count() >= 2:
             sections["ddp_fit"] = lambda: ddp_fit(out)

@@ -25,7 +25,7 @@ def test_gpu_benchmark_runs_every_section_in_tiny_mode(tmp_path, monkeypatch):
         torch.set_num_threads(threads)
     report = json.loads((tmp_path / "gpu_benchmark.json").read_text())
     sections = report["sections"]
-    assert set(sections) == {"dna_job", "head_to_head", "stable_diffusion"}  # ddp_fit needs 2 GPUs
+    assert set(sections) == {"dna_job", "head_to_head", "stable_diffusion", "sd3"}  # ddp_fit needs 2 GPUs
     assert not [name for name, value in sections.items() if "error" in value], sections
     for precision in ("32-true", "bf16-mixed"):
         job = sections["dna_job"][precision]
@@ -33,6 +33,7 @@ def test_gpu_benchmark_runs_every_section_in_tiny_mode(tmp_path, monkeypatch):
         assert job["svdd_pm_over_m_pretrained_wall"] > 0
     assert sections["head_to_head"]["ratio"] > 0 and len(sections["head_to_head"]["samples_per_second"]) == 2
     assert sections["stable_diffusion"]["seconds_per_image"] > 0
+    assert sections["sd3"]["seconds_per_image"] > 0 and sections["sd3"]["denoiser_calls_per_image"] == 2 * 2 + 1
     assert report["machine"]["torch_threads"] >= 1
 
 

@@ -55,6 +55,20 @@ def build_scheduler(config: dict[str, Any], eta: float) -> DDIMScheduler | DDPMS
     return STATELESS_SCHEDULERS[name].from_config(config)
 
 
+def row_noise(shape: Sequence[int], generators: Sequence[torch.Generator], m: int, device: torch.device) -> torch.Tensor:
+    """Standard normal rows, len(generators) * m of them, drawn on the CPU: rows b*m .. b*m+m-1 in turn from
+    generators[b]."""
+    return torch.stack([torch.randn(tuple(shape), generator=g) for g in generators for _ in range(m)]).to(device)
+
+
+def tag_prompts(images: list[torch.Tensor], prompts: Sequence[str] | None, ids: torch.Tensor | None) -> list[torch.Tensor]:
+    """The images, each given its prompt as ``image.prompt`` (preference rewards read it) when there are prompts."""
+    if prompts and ids is not None:
+        for image, i in zip(images, ids.tolist()):
+            image.prompt = prompts[i]
+    return images
+
+
 def _subfolder(path: str | Path, name: str) -> str | None:
     """``name`` when ``path`` has that subfolder (pipeline layout), else None (a lone model's folder)."""
     return name if (Path(path) / name).is_dir() else None
@@ -104,8 +118,7 @@ class DiffusersChain(DiffusionModel):
 
     def _noise(self, generators: Sequence[torch.Generator], m: int) -> torch.Tensor:
         """Standard normal rows, len(generators) * m of them: rows b*m .. b*m+m-1 drawn in turn from generators[b]."""
-        rows = [torch.randn(self.sample_shape, generator=g) for g in generators for _ in range(m)]
-        return torch.stack(rows).to(self._device())
+        return row_noise(self.sample_shape, generators, m, self._device())
 
     def initial_state(self, generators: Sequence[torch.Generator], conditions: torch.Tensor | None = None) -> ImageState:
         """Prior noise per generator; row b under condition ``conditions[b]`` (an index into the prompts or
@@ -150,9 +163,11 @@ class DiffusersChain(DiffusionModel):
         return {**x, self.state_key: self._step(prediction, level, x[self.state_key]).pred_original_sample}
 
     def decode(self, x0: ImageState) -> list[torch.Tensor]:
-        """Images as float32 CPU tensors (C, H, W) in [0, 1] (moved to the host in the decoder's precision)."""
+        """Images as float32 CPU tensors (C, H, W) in [0, 1] (moved to the host in the decoder's precision);
+        a prompt-conditioned model's images carry their prompt as ``image.prompt`` (preference rewards read it)."""
         with torch.no_grad():
-            return list(self.images(x0).cpu().float())
+            images = list(self.images(x0).cpu().float())
+        return tag_prompts(images, getattr(self, "prompts", None), x0.get("prompt_id"))
 
     def images(self, x0: ImageState) -> torch.Tensor:
         """Clean states -> an image batch (B, C, H, W) in [0, 1] on the model's device, in the decoder's
