@@ -24,7 +24,7 @@ from .model import DiffusionModel
 from .reward import Reward, RewardFn, as_reward
 from .run import Candidates, DecodeStats, Run
 from .selection import effective_sample_size, resample, select_candidates
-from .state import State, index_rows, map_chunked, repeat_rows
+from .state import State, index_rows, repeat_rows
 from .value import Value
 
 
@@ -309,10 +309,7 @@ class DPS(Decoder):
         guidance = run.reward.differentiable()
         for level in range(level, model.num_steps):
             with torch.inference_mode(False), torch.enable_grad():
-                prediction = map_chunked(lambda rows: model.guided_prediction(rows, level, guidance, self.scale),
-                                         _normal_tensors(x), self.chunk_size)
-            run.stats.denoiser_calls += len(generators)
-            run.stats.gradient_calls += len(generators)
+                prediction = run.guided_denoise(_normal_tensors(x), level, guidance, self.scale, self.chunk_size)
             x = run.propose(x, prediction, level, generators, 1)
         return x
 

@@ -151,6 +151,20 @@ class Run:
             observer(level + 1, self.model.num_steps)
         return proposals
 
+    def guided_denoise(self, x: State, level: int, guidance: Callable[[torch.Tensor], torch.Tensor], scale: float,
+                       chunk_size: int | None = None) -> Prediction:
+        """``model.guided_prediction`` in chunks of ``chunk_size`` rows (DPS), counting one denoiser call and
+        one reward gradient per row."""
+        n = batch_size(x)
+        self.stats.denoiser_calls += n
+        self.stats.gradient_calls += n
+        return map_chunked(lambda rows: self.model.guided_prediction(rows, level, guidance, scale), x, chunk_size)
+
+    def evaluate_value(self, network: Callable[[State], torch.Tensor], inputs: State, rows: int) -> torch.Tensor:
+        """``network`` on ``inputs`` in chunks of ``chunk_size`` rows, counting ``rows`` value-network calls."""
+        self.stats.value_calls += rows
+        return map_chunked(network, inputs, self.chunk_size)
+
     def decode(self, x0: State) -> list:
         """``model.decode`` in chunks of ``chunk_size`` rows."""
         n, step = batch_size(x0), self.chunk_size or batch_size(x0)
