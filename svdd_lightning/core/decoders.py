@@ -34,6 +34,8 @@ class DecodeResult:
     samples: list
     rewards: torch.Tensor
     stats: DecodeStats
+    reward_errors: int = 0  #: samples on which the reward function raised (each also a reward failure)
+    last_reward_error: str | None = None
 
 
 def spawn_generators(generators: Sequence[torch.Generator], n: int) -> list[torch.Generator]:
@@ -76,7 +78,7 @@ class Decoder(ABC):
         x0 = self.decode_from(run, run.initial_state(generators), 0, generators)
         samples = run.decode(x0)  # once (a VAE's decoding is costly); the reward scores these samples
         rewards = run.score(x0, samples).cpu()
-        return DecodeResult(x0, samples, rewards, run.stats)
+        return DecodeResult(x0, samples, rewards, run.stats, run.reward_errors, run.last_reward_error)
 
     @abstractmethod
     def decode_from(self, run: Run, x: State, level: int, generators: list[torch.Generator]) -> State:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -52,14 +53,26 @@ class FunctionReward(RewardFunction):
         return self.function(samples)
 
 
+@dataclass
+class Scores:
+    """What one call of a :class:`Reward` gave: floored ``values``, how many of them were ``failures``
+    (floored), how many samples ``errors`` the function raised on, and the last exception (``last_error``).
+    The wrapper keeps none of these: :class:`~svdd_lightning.core.run.Run` sums them."""
+
+    values: torch.Tensor
+    failures: int = 0
+    errors: int = 0
+    last_error: str | None = None
+
+
 class Reward:
     """A batched reward with an explicit policy for samples it cannot score.
 
     ``fn`` takes a list of decoded samples and returns one float per sample; it need not be
     differentiable. A sample whose score is None or NaN, or for which ``fn`` raises, gets ``floor``
     instead; when the batched call raises, the batch is scored one sample at a time so that one bad
-    sample costs only itself. ``calls`` counts samples scored and ``failures`` those floored;
-    ``errors`` counts the samples on which ``fn`` raised, ``last_error`` names the last exception.
+    sample costs only itself. :meth:`evaluate` tells, per call, how many samples were floored and how many
+    raised (:class:`Scores`); the wrapper counts nothing itself.
     A NaN floor keeps unscored samples NaN (for evaluation columns, never for decoding).
     """
 
@@ -71,14 +84,14 @@ class Reward:
         self.fn = fn
         self.floor = float(floor)
         self.name = name or getattr(fn, "name", None) or getattr(fn, "__name__", type(fn).__name__)
-        self.calls = 0
-        self.failures = 0
-        self.errors = 0
-        self.last_error: str | None = None
 
     def __call__(self, samples: Sequence[Any]) -> torch.Tensor:
+        """The floored rewards of ``samples`` (:meth:`evaluate`'s values)."""
+        return self.evaluate(samples).values
+
+    def evaluate(self, samples: Sequence[Any]) -> Scores:
+        """Score ``samples``, isolating the failing ones, and tell how many failed."""
         samples = list(samples)
-        self.calls += len(samples)
         try:
             with float32_scoring():
                 raw = list(self.fn(samples))
@@ -86,22 +99,22 @@ class Reward:
                 raise ValueError(f"reward {self.name} returned {len(raw)} values for {len(samples)} samples")
         except Exception as err:  # isolate the failing samples
             log.warning("reward %s failed on a batch of %d (%s); scoring one by one", self.name, len(samples), err)
-            self.last_error = f"{type(err).__name__}: {err}"
-            raw = [self._score_one(s) for s in samples]
-        return self._values(raw)
+            errors: list[str] = []
+            raw = [self._score_one(s, errors) for s in samples]
+            return self._scores(raw, len(errors), errors[-1] if errors else f"{type(err).__name__}: {err}")
+        return self._scores(raw)
 
-    def _values(self, raw: Sequence[Any]) -> torch.Tensor:
+    def _scores(self, raw: Sequence[Any], errors: int = 0, last_error: str | None = None) -> Scores:
         values = torch.tensor([self._as_float(v) for v in raw], dtype=torch.float64)
         bad = ~torch.isfinite(values)
-        self.failures += int(bad.sum())
-        return values.masked_fill(bad, self.floor).float()
+        return Scores(values.masked_fill(bad, self.floor).float(), int(bad.sum()), errors, last_error)
 
-    def submit(self, samples: Sequence[Any]) -> Callable[[], torch.Tensor]:
+    def submit(self, samples: Sequence[Any]) -> Callable[[], Scores]:
         """Start scoring ``samples`` and return at once: the returned callable waits for the scores and gives
-        what ``__call__`` gives. A function that scores in worker processes (a ``submit(samples)`` method
+        what :meth:`evaluate` gives. A function that scores in worker processes (a ``submit(samples)`` method
         returning such a callable, e.g. ViennaRNA's or RDKit's with ``processes`` > 1) then overlaps the
         caller's work, e.g. the denoiser's next chunk; other functions score now. When the background
-        scoring fails, the samples are scored by ``__call__`` (one by one where needed)."""
+        scoring fails, the samples are scored by :meth:`evaluate` (one by one where needed)."""
         samples = list(samples)
         start, pending = getattr(self.fn, "submit", None), None
         if start is not None:
@@ -110,10 +123,10 @@ class Reward:
             except Exception as err:
                 log.warning("reward %s could not start scoring in the background (%s)", self.name, err)
         if pending is None:
-            values = self(samples)
-            return lambda: values
+            scores = self.evaluate(samples)
+            return lambda: scores
 
-        def result() -> torch.Tensor:
+        def result() -> Scores:
             try:
                 raw = list(pending())
                 if len(raw) != len(samples):
@@ -121,24 +134,23 @@ class Reward:
             except Exception as err:
                 log.warning("reward %s failed in the background on %d samples (%s); scoring them here",
                             self.name, len(samples), err)
-                return self(samples)
-            self.calls += len(samples)
-            return self._values(raw)
+                return self.evaluate(samples)
+            return self._scores(raw)
 
         return result
 
-    def _score_one(self, sample: Any) -> float:
+    def _score_one(self, sample: Any, errors: list[str]) -> float:
+        """One sample's raw score; NaN, with the exception appended to ``errors``, when ``fn`` raises."""
         try:
             with float32_scoring():
                 return self.fn([sample])[0]
         except Exception as err:
-            self.errors += 1
-            self.last_error = f"{type(err).__name__}: {err}"
+            errors.append(f"{type(err).__name__}: {err}")
             return math.nan
 
-    def score_states(self, model: Any, x0: Any) -> torch.Tensor | None:
-        """The function's ``score_states`` fast path (see :class:`RewardFunction`), floored and counted
-        like ``__call__``, on the device it scored on; None when the function has none or declines."""
+    def score_states(self, model: Any, x0: Any) -> Scores | None:
+        """The function's ``score_states`` fast path (see :class:`RewardFunction`), floored like
+        :meth:`evaluate`, on the device it scored on; None when the function has none or declines."""
         direct = getattr(self.fn, "score_states", None)
         if direct is None:
             return None
@@ -148,9 +160,7 @@ class Reward:
             return None
         values = values.float()
         bad = ~torch.isfinite(values)
-        self.calls += len(values)
-        self.failures += int(bad.sum())
-        return values.masked_fill(bad, self.floor)
+        return Scores(values.masked_fill(bad, self.floor), int(bad.sum()))
 
     @staticmethod
     def _as_float(v: Any) -> float:

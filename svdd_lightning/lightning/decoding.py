@@ -152,15 +152,15 @@ class DecodingModule(L.LightningModule):
         """One method on the sample indices ``todo``: its rows (sample, reward, evaluations) and statistics."""
         start = time.perf_counter()
         generators = [torch.Generator().manual_seed(sample_seed(self.seed, name, i)) for i in todo]
-        calls, errors = self.reward.calls, self.reward.errors
         progress = self.progress
         if progress is not None:
             progress.method_start(name, len(todo))
         with observe_steps(self._after_step):
             result = decoder.sample(self.model, self.reward, generators, todo)
-        if self.reward.calls > calls and self.reward.errors - errors == self.reward.calls - calls:
+        calls = result.stats.reward_calls
+        if calls and result.reward_errors == calls:
             raise RewardFailure(f"reward {self.reward.name} raised on every sample of a batch of {name} "
-                                f"({self.reward.calls - calls} samples; last: {self.reward.last_error}); "
+                                f"({calls} samples; last: {result.last_reward_error}); "
                                 f"check that it accepts this model's samples. Results written so far are kept")
         columns = {key: metric(self.model, result.x0, result.samples).tolist() for key, metric in self.metrics.items()}
         seconds = time.perf_counter() - start
