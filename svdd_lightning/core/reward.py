@@ -84,6 +84,7 @@ class Reward:
         self.fn = fn
         self.floor = float(floor)
         self.name = name or getattr(fn, "name", None) or getattr(fn, "__name__", type(fn).__name__)
+        self.unit: str | None = getattr(fn, "unit", None)  # a RewardFunction's unit; plain functions have none
 
     def __call__(self, samples: Sequence[Any]) -> torch.Tensor:
         """The floored rewards of ``samples`` (:meth:`evaluate`'s values)."""

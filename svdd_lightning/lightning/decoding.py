@@ -111,7 +111,7 @@ class DecodingModule(L.LightningModule):
 
     def on_predict_start(self) -> None:
         """Rewards, metrics and value networks follow the model to the run's device."""
-        scorers = [self.reward, *(m.fn for m in self.metrics.values() if isinstance(m, ScoreMetric))]
+        scorers = [self.reward, *(m.reward for m in self.metrics.values() if isinstance(m, ScoreMetric))]
         for scorer in scorers:
             if callable(getattr(scorer.fn, "to", None)):
                 scorer.fn.to(self.device)
