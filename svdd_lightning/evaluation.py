@@ -32,11 +32,12 @@ class ScoreMetric(SampleMetric):
     """
 
     def __init__(self, fn: RewardFunction, threshold: float | None = None) -> None:
-        self.fn = Reward(fn, floor=float("nan"))
+        self.reward = Reward(fn, floor=float("nan"))  # the score, failures NaN
+        self.unit = self.reward.unit
         self.threshold = threshold
 
     def __call__(self, model: DiffusionModel, x0: State, samples: list) -> torch.Tensor:
-        return self.fn(samples)
+        return self.reward(samples)
 
 
 class ELBOMetric(SampleMetric):

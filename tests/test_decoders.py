@@ -107,7 +107,8 @@ def test_reward_failures_are_floored_and_counted(model):
     for s, k, r in zip(result.samples, kinds, result.rewards.tolist()):
         assert r == (FLOOR if k != "ok" else s.count("G") + s.count("C")), (s, r)
     bad = sum(k != "ok" for k in kinds)
-    assert result.stats.reward_failures == bad == reward.failures
+    assert result.stats.reward_failures == bad
+    assert result.reward_errors == sum(kind(s) == "raise" for s in set(result.samples)) > 0  # distinct samples once
     assert result.stats.reward_calls == 96
 
 
@@ -117,8 +118,7 @@ def test_svdd_completes_with_a_failing_reward(model):
     result = SVDD(PosteriorMeanValue(), num_candidates=4).sample(model, reward, generators(n))
     assert len(result.samples) == n and torch.isfinite(result.rewards).all()
     # candidates' x0_hat and the final samples all go through the same policy and counters
-    assert result.stats.reward_failures == reward.failures > 0
-    assert result.stats.reward_calls == reward.calls
+    assert result.stats.reward_failures >= result.reward_errors > 0
     for s, r in zip(result.samples, result.rewards.tolist()):
         assert (r == FLOOR) == (kind(s) != "ok")
     # the floor is below every valid score, so SVDD steers away from unscorable sequences
@@ -128,11 +128,12 @@ def test_svdd_completes_with_a_failing_reward(model):
 
 def test_reward_wrapper_isolates_bad_samples():
     reward = Reward(flaky, floor=-2.0)
-    values = reward(["ACGTACGTACGT", "AAAGGGTTTCCC", "ATTTC", "AGGT", "GCGC"])
-    assert values.tolist() == [6.0, -2.0, -2.0, -2.0, 4.0]
-    assert (reward.calls, reward.failures) == (5, 3)
+    scores = reward.evaluate(["ACGTACGTACGT", "AAAGGGTTTCCC", "ATTTC", "AGGT", "GCGC"])
+    assert scores.values.tolist() == [6.0, -2.0, -2.0, -2.0, 4.0]
+    assert (scores.failures, scores.errors) == (3, 1)  # one raised, one None, one NaN
+    assert not hasattr(reward, "calls") and not hasattr(reward, "failures")  # the run counts, not the wrapper
     short = Reward(lambda xs: [1.0])  # wrong length: scored one by one
-    assert short(["A", "C"]).tolist() == [1.0, 1.0] and short.failures == 0
+    assert short(["A", "C"]).tolist() == [1.0, 1.0] and short.evaluate(["A", "C"]).failures == 0
     with pytest.raises(ValueError, match="floor"):
         Reward(flaky, floor=math.inf)
     with pytest.raises(TypeError, match="callable"):

@@ -127,9 +127,9 @@ def test_invalid_sequence_is_nan_only_for_that_sample(synthetic, rng):
     assert out[2] == pytest.approx(1.0)
     assert math.isnan(out[1]) and math.isnan(out[3]) and math.isnan(out[4])
     wrapped = Reward(synthetic, floor=-1.0)
-    vals = wrapped([good, bad])
-    assert vals.tolist() == pytest.approx([1.0, -1.0])
-    assert wrapped.failures == 1
+    scores = wrapped.evaluate([good, bad])
+    assert scores.values.tolist() == pytest.approx([1.0, -1.0])
+    assert scores.failures == 1
 
 
 def test_short_sequence_and_empty_batch(synthetic):

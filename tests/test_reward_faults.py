@@ -65,10 +65,10 @@ def test_a_sample_that_hangs_gets_the_floor_and_is_counted_as_a_timeout(tmp_path
     flag.touch()
     reward = Reward(HangsOnFirstSample(str(flag)), floor=-1.0, timeout=0.2)
     start = time.monotonic()
-    values = reward(["AAG", "GGG", "CCC"])  # the batch times out, then each sample is tried alone
-    assert values.tolist() == [-1.0, 3.0, 0.0] and time.monotonic() - start < 2.0
-    assert reward.causes == {"raised": 0, "timeout": 1, "nan": 0} and reward.failures == 1
-    assert reward.last_error == "timed out after 0.2 s (model.reward_timeout)"
+    scores = reward.evaluate(["AAG", "GGG", "CCC"])  # the batch times out, then each sample is tried alone
+    assert scores.values.tolist() == [-1.0, 3.0, 0.0] and time.monotonic() - start < 2.0
+    assert scores.causes == {"timeout": 1} and scores.failures == 1 and scores.errors == 0
+    assert scores.last_error == "timed out after 0.2 s (model.reward_timeout)"
     flag.unlink()
 
 

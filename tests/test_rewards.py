@@ -50,5 +50,6 @@ def test_reward_isolates_a_sample_that_raises():
         return [1.0] * len(seqs)
 
     reward = Reward(picky, floor=-5.0)
-    assert reward(["AA", "XA", "CC"]).tolist() == [1.0, -5.0, 1.0]
-    assert reward.failures == 1 and reward.calls == 3
+    scores = reward.evaluate(["AA", "XA", "CC"])
+    assert scores.values.tolist() == [1.0, -5.0, 1.0]
+    assert (scores.failures, scores.errors, scores.last_error) == (1, 1, "RuntimeError: cannot score X")

@@ -109,7 +109,8 @@ def test_minimum_free_energy_sign_alphabets_and_failures():
     assert mfe.energies([hairpin])[0] == -rewards[1]
     assert MinimumFreeEnergy(per_nucleotide=True)([hairpin])[0] == pytest.approx(rewards[1] / LENGTH)
     guarded = Reward(mfe, floor=-1.0)
-    assert guarded([hairpin, "ACGN" * 5]).tolist()[1] == -1.0 and guarded.failures == 1
+    scores = guarded.evaluate([hairpin, "ACGN" * 5])
+    assert scores.values.tolist()[1] == -1.0 and scores.failures == 1
 
 
 def test_minimum_free_energy_in_a_process_pool_matches_one_process():

@@ -14,7 +14,7 @@ the level spend less: a row that did not change reuses its prediction (``Run.den
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -24,7 +24,7 @@ from .model import DiffusionModel
 from .reward import Reward, RewardFn, as_reward
 from .run import Candidates, DecodeStats, Run
 from .selection import effective_sample_size, resample, select_candidates
-from .state import State, index_rows, map_chunked, repeat_rows
+from .state import State, index_rows, repeat_rows
 from .value import Value
 
 
@@ -34,6 +34,9 @@ class DecodeResult:
     samples: list
     rewards: torch.Tensor
     stats: DecodeStats
+    reward_errors: int = 0  #: samples on which the reward function raised (each also a reward failure)
+    last_reward_error: str | None = None
+    reward_failure_causes: dict[str, int] = field(default_factory=dict)  #: floored evaluations by cause
 
 
 def spawn_generators(generators: Sequence[torch.Generator], n: int) -> list[torch.Generator]:
@@ -76,7 +79,8 @@ class Decoder(ABC):
         x0 = self.decode_from(run, run.initial_state(generators), 0, generators)
         samples = run.decode(x0)  # once (a VAE's decoding is costly); the reward scores these samples
         rewards = run.score(x0, samples).cpu()
-        return DecodeResult(x0, samples, rewards, run.stats)
+        return DecodeResult(x0, samples, rewards, run.stats, run.reward_errors, run.last_reward_error,
+                            dict(run.reward_failure_causes))
 
     @abstractmethod
     def decode_from(self, run: Run, x: State, level: int, generators: list[torch.Generator]) -> State:
@@ -309,10 +313,7 @@ class DPS(Decoder):
         guidance = run.reward.differentiable()
         for level in range(level, model.num_steps):
             with torch.inference_mode(False), torch.enable_grad():
-                prediction = map_chunked(lambda rows: model.guided_prediction(rows, level, guidance, self.scale),
-                                         _normal_tensors(x), self.chunk_size)
-            run.stats.denoiser_calls += len(generators)
-            run.stats.gradient_calls += len(generators)
+                prediction = run.guided_denoise(_normal_tensors(x), level, guidance, self.scale, self.chunk_size)
             x = run.propose(x, prediction, level, generators, 1)
         return x
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
@@ -63,6 +64,23 @@ class _Unscored(NamedTuple):
     cause: str
 
 
+@dataclass
+class Scores:
+    """What one call of a :class:`Reward` gave: floored ``values``, how many of them were ``failures``
+    (floored), the failures by cause (:data:`FAILURE_CAUSES`) and the last exception or time-out
+    (``last_error``). The wrapper keeps none of these: :class:`~svdd_lightning.core.run.Run` sums them."""
+
+    values: torch.Tensor
+    failures: int = 0
+    causes: dict[str, int] = field(default_factory=dict)
+    last_error: str | None = None
+
+    @property
+    def errors(self) -> int:
+        """Samples on which the function raised."""
+        return self.causes.get("raised", 0)
+
+
 class Reward:
     """A batched reward with an explicit policy for samples it cannot score.
 
@@ -71,10 +89,9 @@ class Reward:
     ``timeout`` seconds, gets ``floor`` instead; when the batched call fails, the batch is scored one
     sample at a time (each within ``timeout``) so that one bad sample costs only itself. Calls run in a
     worker thread (:class:`~svdd_lightning.core.deadline.TimedCalls`): one that hangs is abandoned, and
-    ``should_stop`` (e.g. "SIGTERM received") is asked while waiting. ``calls`` counts samples scored and
-    ``failures`` those floored, ``causes`` the failures by cause (:data:`FAILURE_CAUSES`); ``last_error``
-    names the last exception or time-out. A NaN floor keeps unscored samples NaN (for evaluation columns,
-    never for decoding).
+    ``should_stop`` (e.g. "SIGTERM received") is asked while waiting. :meth:`evaluate` tells, per call, how
+    many samples were floored and why (:class:`Scores`); the wrapper counts nothing itself.
+    A NaN floor keeps unscored samples NaN (for evaluation columns, never for decoding).
     """
 
     def __init__(self, fn: RewardFn, floor: float = 0.0, name: str | None = None,
@@ -88,12 +105,9 @@ class Reward:
         self.fn = fn
         self.floor = float(floor)
         self.name = name or getattr(fn, "name", None) or getattr(fn, "__name__", type(fn).__name__)
+        self.unit: str | None = getattr(fn, "unit", None)  # a RewardFunction's unit; plain functions have none
         self.timeout = timeout
         self.should_stop: Callable[[], bool] | None = None
-        self.calls = 0
-        self.failures = 0
-        self.causes = dict.fromkeys(FAILURE_CAUSES, 0)
-        self.last_error: str | None = None
         self._worker = TimedCalls()
 
     def _timed(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -104,8 +118,12 @@ class Reward:
         return self._worker.call(scored, timeout=self.timeout, should_stop=self.should_stop)
 
     def __call__(self, samples: Sequence[Any]) -> torch.Tensor:
+        """The floored rewards of ``samples`` (:meth:`evaluate`'s values)."""
+        return self.evaluate(samples).values
+
+    def evaluate(self, samples: Sequence[Any]) -> Scores:
+        """Score ``samples``, isolating the failing ones, and tell how many failed and why."""
         samples = list(samples)
-        self.calls += len(samples)
         try:
             raw = list(self._timed(self.fn, samples))
             if len(raw) != len(samples):
@@ -115,25 +133,27 @@ class Reward:
         except Exception as err:  # isolate the failing samples
             log.warning("reward %s failed on a batch of %d (%s); scoring one by one", self.name, len(samples),
                         _describe(err, self.timeout))
-            self.last_error = _describe(err, self.timeout)
-            raw = [self._score_one(s) for s in samples]
-        return self._values(raw)
+            errors: list[str] = []
+            raw = [self._score_one(s, errors) for s in samples]
+            return self._scores(raw, errors[-1] if errors else _describe(err, self.timeout))
+        return self._scores(raw)
 
-    def _values(self, raw: Sequence[Any]) -> torch.Tensor:
+    def _scores(self, raw: Sequence[Any], last_error: str | None = None) -> Scores:
         values = torch.tensor([self._as_float(v) for v in raw], dtype=torch.float64)
         bad = ~torch.isfinite(values)
-        self.failures += int(bad.sum())
+        causes: dict[str, int] = {}
         for v, failed in zip(raw, bad.tolist()):
             if failed:
-                self.causes[v.cause if isinstance(v, _Unscored) else "nan"] += 1
-        return values.masked_fill(bad, self.floor).float()
+                cause = v.cause if isinstance(v, _Unscored) else "nan"
+                causes[cause] = causes.get(cause, 0) + 1
+        return Scores(values.masked_fill(bad, self.floor).float(), int(bad.sum()), causes, last_error)
 
-    def submit(self, samples: Sequence[Any]) -> Callable[[], torch.Tensor]:
+    def submit(self, samples: Sequence[Any]) -> Callable[[], Scores]:
         """Start scoring ``samples`` and return at once: the returned callable waits for the scores and gives
-        what ``__call__`` gives. A function that scores in worker processes (a ``submit(samples)`` method
+        what :meth:`evaluate` gives. A function that scores in worker processes (a ``submit(samples)`` method
         returning such a callable, e.g. ViennaRNA's or RDKit's with ``processes`` > 1) then overlaps the
         caller's work, e.g. the denoiser's next chunk; other functions score now. When the background
-        scoring fails or runs past ``timeout``, the samples are scored by ``__call__`` (one by one where
+        scoring fails or runs past ``timeout``, the samples are scored by :meth:`evaluate` (one by one where
         needed)."""
         samples = list(samples)
         start, pending = getattr(self.fn, "submit", None), None
@@ -143,10 +163,10 @@ class Reward:
             except Exception as err:
                 log.warning("reward %s could not start scoring in the background (%s)", self.name, err)
         if pending is None:
-            values = self(samples)
-            return lambda: values
+            scores = self.evaluate(samples)
+            return lambda: scores
 
-        def result() -> torch.Tensor:
+        def result() -> Scores:
             try:
                 raw = list(self._worker.call(pending, timeout=self.timeout, should_stop=self.should_stop))
                 if len(raw) != len(samples):
@@ -156,28 +176,29 @@ class Reward:
             except Exception as err:
                 log.warning("reward %s failed in the background on %d samples (%s); scoring them here",
                             self.name, len(samples), _describe(err, self.timeout))
-                return self(samples)
-            self.calls += len(samples)
-            return self._values(raw)
+                return self.evaluate(samples)
+            return self._scores(raw)
 
         return result
 
-    def _score_one(self, sample: Any) -> Any:
+    def _score_one(self, sample: Any, errors: list[str]) -> Any:
+        """One sample's raw score; a failure with its cause (the error appended to ``errors``) when ``fn``
+        raises or runs past ``timeout``."""
         try:
             return self._timed(lambda one: self.fn(one)[0], [sample])
         except CallInterrupted:
             raise
         except Exception as err:
-            self.last_error = _describe(err, self.timeout)
+            errors.append(_describe(err, self.timeout))
             return _Unscored("timeout" if isinstance(err, CallTimedOut) else "raised")
 
     def close(self) -> None:
         """Let the scoring thread exit."""
         self._worker.close()
 
-    def score_states(self, model: Any, x0: Any) -> torch.Tensor | None:
-        """The function's ``score_states`` fast path (see :class:`RewardFunction`), floored and counted
-        like ``__call__``, on the device it scored on; None when the function has none or declines."""
+    def score_states(self, model: Any, x0: Any) -> Scores | None:
+        """The function's ``score_states`` fast path (see :class:`RewardFunction`), floored like
+        :meth:`evaluate`, on the device it scored on; None when the function has none or declines."""
         direct = getattr(self.fn, "score_states", None)
         if direct is None:
             return None
@@ -187,10 +208,8 @@ class Reward:
             return None
         values = values.float()
         bad = ~torch.isfinite(values)
-        self.calls += len(values)
-        self.failures += int(bad.sum())
-        self.causes["nan"] += int(bad.sum())
-        return values.masked_fill(bad, self.floor)
+        failures = int(bad.sum())
+        return Scores(values.masked_fill(bad, self.floor), failures, {"nan": failures} if failures else {})
 
     @staticmethod
     def _as_float(v: Any) -> float:

@@ -11,7 +11,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
 from .model import DiffusionModel, Prediction
-from .reward import Reward
+from .reward import Reward, Scores
 from .state import (State, batch_size, concat_rows, distinct_rows, index_rows, map_chunked, repeat_rows, slice_rows,
                     state_device)
 
@@ -79,6 +79,9 @@ class Run:
         self.chunk_size = chunk_size
         self.denoise_chunk = chunk_size or model.denoise_chunk_rows()
         self.stats = DecodeStats()
+        self.reward_errors = 0  # samples on which the reward function raised (floored, and counted as failures)
+        self.reward_failure_causes: dict[str, int] = {}  # floored evaluations by cause (raised, timeout, nan)
+        self.last_reward_error: str | None = None
         self._direct_scoring = True  # until the reward declines to read the model's states
         # a reward that scores in the background (``submit``: a per-sample function in worker processes, e.g.
         # ViennaRNA, RDKit) is exact per sample, so its scores are kept for the whole call: a sample met again
@@ -151,6 +154,20 @@ class Run:
             observer(level + 1, self.model.num_steps)
         return proposals
 
+    def guided_denoise(self, x: State, level: int, guidance: Callable[[torch.Tensor], torch.Tensor], scale: float,
+                       chunk_size: int | None = None) -> Prediction:
+        """``model.guided_prediction`` in chunks of ``chunk_size`` rows (DPS), counting one denoiser call and
+        one reward gradient per row."""
+        n = batch_size(x)
+        self.stats.denoiser_calls += n
+        self.stats.gradient_calls += n
+        return map_chunked(lambda rows: self.model.guided_prediction(rows, level, guidance, scale), x, chunk_size)
+
+    def evaluate_value(self, network: Callable[[State], torch.Tensor], inputs: State, rows: int) -> torch.Tensor:
+        """``network`` on ``inputs`` in chunks of ``chunk_size`` rows, counting ``rows`` value-network calls."""
+        self.stats.value_calls += rows
+        return map_chunked(network, inputs, self.chunk_size)
+
     def decode(self, x0: State) -> list:
         """``model.decode`` in chunks of ``chunk_size`` rows."""
         n, step = batch_size(x0), self.chunk_size or batch_size(x0)
@@ -177,15 +194,23 @@ class Run:
             distinct = samples
         cache = {} if self.cache is None or distinct is samples else self.cache
         todo = [s for s in distinct if s not in cache] if cache else distinct
-        failures_before = self.reward.failures
-        parts = [self.reward(todo[i: i + step]) for i in range(0, len(todo), step)]
-        values = torch.cat(parts) if parts else torch.empty(0)
-        self.stats.reward_calls += len(todo)
-        self.stats.reward_failures += self.reward.failures - failures_before
+        parts = [self.reward.evaluate(todo[i: i + step]) for i in range(0, len(todo), step)]
+        values = torch.cat([p.values for p in parts]) if parts else torch.empty(0)
+        self.count_rewards(len(todo), parts)
         if distinct is samples:
             return values
         cache.update(zip(todo, values.tolist()))
         return torch.tensor([cache[s] for s in samples], dtype=torch.float32)
+
+    def count_rewards(self, n: int, parts: Sequence[Scores]) -> None:
+        """Count ``n`` samples scored, with the failures and errors of the reward's ``parts``."""
+        self.stats.reward_calls += n
+        for part in parts:
+            self.stats.reward_failures += part.failures
+            self.reward_errors += part.errors
+            for cause, count in part.causes.items():
+                self.reward_failure_causes[cause] = self.reward_failure_causes.get(cause, 0) + count
+            self.last_reward_error = part.last_error or self.last_reward_error
 
     @property
     def scores_in_background(self) -> bool:
@@ -204,7 +229,7 @@ class Run:
         first, inverse = distinct_rows(x0) if tokens else (None, None)
         rows = x0[first] if tokens else x0
         n, step = batch_size(rows), self.chunk_size or batch_size(rows)
-        failures_before, parts = self.reward.failures, []
+        parts: list[Scores] = []
         try:
             for i in range(0, n, step):
                 values = self.reward.score_states(self.model, slice_rows(rows, i, min(i + step, n)))
@@ -216,9 +241,8 @@ class Run:
             log.warning("reward %s failed to score states directly (%s); decoding them instead", self.reward.name, err)
             self._direct_scoring = False
             return None
-        self.stats.reward_calls += n
-        self.stats.reward_failures += self.reward.failures - failures_before
-        values = torch.cat(parts)
+        self.count_rewards(n, parts)
+        values = torch.cat([p.values for p in parts])
         return values if inverse is None else values[inverse.to(values.device)]
 
 
@@ -229,7 +253,6 @@ class ScoreStream:
 
     def __init__(self, run: Run) -> None:
         self.run, self.samples, self.pending, self.submitted = run, [], [], {}
-        self.failures_before = run.reward.failures
 
     def add(self, x0: State) -> None:
         samples = self.run.decode(x0)
@@ -244,16 +267,16 @@ class ScoreStream:
 
     def result(self) -> torch.Tensor:
         scores, count = self.run.cache, 0
-        values = []
+        values, parts = [], []
         for new, pending in self.pending:
             got = pending()
+            parts.append(got)
             count += len(new)
             try:
-                scores.update(zip(new, got.tolist()))
+                scores.update(zip(new, got.values.tolist()))
             except TypeError:
-                values.append(got)
-        self.run.stats.reward_calls += count
-        self.run.stats.reward_failures += self.run.reward.failures - self.failures_before
+                values.append(got.values)
+        self.run.count_rewards(count, parts)
         if values:  # unhashable samples, in order
             return torch.cat(values)
         return torch.tensor([scores[s] for s in self.samples], dtype=torch.float32)

@@ -9,7 +9,7 @@ from torch.utils._pytree import tree_map
 
 from .precision import as_float32, float32_scoring
 from .run import Candidates
-from .state import batch_size, map_chunked
+from .state import batch_size
 
 
 class Value(ABC):
@@ -72,11 +72,10 @@ class NetworkValue(Value):
         """Values on the network's device, in float32 (autocast off: bf16 would tie nearby values)."""
         run = candidates.run
         t = candidates.time()
-        run.stats.value_calls += batch_size(candidates.x)
         device = next(self.network.parameters()).device
         with float32_scoring():
-            out = map_chunked(lambda rows: self.network(*tree_map(lambda v: as_float32(v.to(device)), rows)),
-                              (candidates.x, t), run.chunk_size)
+            out = run.evaluate_value(lambda rows: self.network(*tree_map(lambda v: as_float32(v.to(device)), rows)),
+                                     (candidates.x, t), batch_size(candidates.x))
         return out.float().reshape(-1)
 
     def to(self, device: torch.device | str) -> "NetworkValue":

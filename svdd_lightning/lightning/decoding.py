@@ -136,7 +136,7 @@ class DecodingModule(L.LightningModule):
 
     def _scorers(self) -> list[Reward]:
         """The run's reward and the evaluation metrics that score samples."""
-        return [self.reward, *(m.fn for m in self.metrics.values() if isinstance(m, ScoreMetric))]
+        return [self.reward, *(m.reward for m in self.metrics.values() if isinstance(m, ScoreMetric))]
 
     def _sigterm_received(self) -> bool:
         return self._trainer is not None and getattr(self._trainer, "received_sigterm", False)
@@ -175,15 +175,14 @@ class DecodingModule(L.LightningModule):
         """One method on the sample indices ``todo``: its rows (sample, reward, evaluations) and statistics."""
         start = time.perf_counter()
         generators = [torch.Generator().manual_seed(sample_seed(self.seed, name, i)) for i in todo]
-        calls, failures, causes = self.reward.calls, self.reward.failures, dict(self.reward.causes)
         progress = self.progress
         if progress is not None:
             progress.method_start(name, len(todo))
         try:
             with observe_steps(self._after_step):
                 result = decoder.sample(self.model, self.reward, generators, todo)
-            causes = {k: v - causes[k] for k, v in self.reward.causes.items() if v > causes[k]}
-            self._check_failure_budget(name, self.reward.calls - calls, self.reward.failures - failures, causes)
+            self._check_failure_budget(name, result.stats.reward_calls, result.stats.reward_failures,
+                                       result.reward_failure_causes, result.last_reward_error)
             columns = {key: metric(self.model, result.x0, result.samples).tolist()
                        for key, metric in self.metrics.items()}
         except CallInterrupted:  # SIGTERM while a reward was scoring
@@ -195,9 +194,10 @@ class DecodingModule(L.LightningModule):
         if progress is not None:
             progress.method_done()
         return {"rows": rows, "stats": [{"method": name, "n": len(todo), "seconds": seconds, **vars(result.stats),
-                                         "reward_failure_causes": causes}]}
+                                         "reward_failure_causes": result.reward_failure_causes}]}
 
-    def _check_failure_budget(self, method: str, calls: int, failures: int, causes: dict[str, int]) -> None:
+    def _check_failure_budget(self, method: str, calls: int, failures: int, causes: dict[str, int],
+                              last_error: str | None) -> None:
         """Stop when the reward scored none of the batch's evaluations, or more than the budget failed."""
         if not calls or (failures < calls and failures <= self.max_failure_fraction * calls):
             return
@@ -206,7 +206,7 @@ class DecodingModule(L.LightningModule):
                 f"could not score {failures} of {calls} evaluations (more than model.max_failure_fraction="
                 f"{self.max_failure_fraction:g})")
         raise RewardFailure(f"reward {self.reward.name} {what} in a batch of {method} ({counted}; last error: "
-                            f"{self.reward.last_error}); check that it accepts this model's samples. Results "
+                            f"{last_error}); check that it accepts this model's samples. Results "
                             f"written so far are kept")
 
 

@@ -324,13 +324,9 @@ def _read_parts(folder: Path, digests: dict[str, str] | None, num_samples: int |
 
 
 def axis_label(name: str, scorer: Any) -> str:
-    """``name`` with the unit its scorer declares (``unit``, found on it or on the callable it wraps)."""
-    for _ in range(4):
-        unit = getattr(scorer, "unit", None)
-        if unit:
-            return f"{name} ({unit})"
-        scorer = getattr(scorer, "fn", None)
-    return name
+    """``name`` with the unit its scorer declares (a reward's or a score metric's ``unit``)."""
+    unit = getattr(scorer, "unit", None)
+    return f"{name} ({unit})" if unit else name
 
 
 def write_outputs(output_dir: Path, metric_names: list[str], set_metrics: dict[str, Callable[[list], float]],
