@@ -97,7 +97,7 @@ def test_the_failure_budget_stops_a_run_whose_reward_fails_too_often(tiny, tmp_p
     assert "scored none of 2 evaluations" in error
     error = decode(write_config(tiny, tmp_path / "bad.yaml"), tmp_path / "bad", "--model.max_failure_fraction", "2")
     assert error.startswith("error: model.max_failure_fraction must be between 0 and 1 (1: stop only when every "
-                            "evaluation of a batch failed), got 2.0"), error
+                            "evaluation of a batch failed; null: never), got 2.0"), error
     error = decode(write_config(tiny, tmp_path / "bad.yaml"), tmp_path / "bad", "--model.reward_timeout", "0")
     assert error.startswith("error: model.reward_timeout must be a positive number of seconds (or null: no "
                             "limit), got 0.0"), error

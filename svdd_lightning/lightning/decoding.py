@@ -63,13 +63,14 @@ class DecodingModule(L.LightningModule):
             take before it is abandoned and its samples floored (cause ``timeout``); null: no limit. Also
             bounds the evaluation metrics that score samples.
         max_failure_fraction: the run stops, in one line, when more than this fraction of a method's
-            reward evaluations in a batch got the floor (whatever the cause); it always stops when all did.
+            reward evaluations in a batch got the floor (whatever the cause); it always stops when all did, unless
+            null (never stop: a model expected to give only invalid samples at times, e.g. an untrained one).
     """
 
     def __init__(self, model: str | DiffusionModel, reward: RewardFunction,
                  methods: dict[str, Decoder], metrics: dict[str, SampleMetric] | None = None,
                  reward_floor: float = 0.0, seed: int = 0, model_args: dict | None = None,
-                 reward_timeout: float | None = DEFAULT_TIMEOUT, max_failure_fraction: float = 1.0) -> None:
+                 reward_timeout: float | None = DEFAULT_TIMEOUT, max_failure_fraction: float | None = 1.0) -> None:
         super().__init__()
         if not methods:
             raise ValueError("model.methods: name at least one decoding method")
@@ -79,9 +80,9 @@ class DecodingModule(L.LightningModule):
         if reward_timeout is not None and not reward_timeout > 0:
             raise ValueError(f"model.reward_timeout must be a positive number of seconds (or null: no limit), "
                              f"got {reward_timeout}")
-        if not 0.0 <= max_failure_fraction <= 1.0:
+        if max_failure_fraction is not None and not 0.0 <= max_failure_fraction <= 1.0:
             raise ValueError(f"model.max_failure_fraction must be between 0 and 1 (1: stop only when every "
-                             f"evaluation of a batch failed), got {max_failure_fraction}")
+                             f"evaluation of a batch failed; null: never), got {max_failure_fraction}")
         if model_args and not isinstance(model, str):
             raise ValueError("model.model_args applies to a checkpoint path; set the arguments on the model object")
         self.model = checkpoints.load(model, overrides=model_args) if isinstance(model, str) else model
@@ -199,7 +200,8 @@ class DecodingModule(L.LightningModule):
     def _check_failure_budget(self, method: str, calls: int, failures: int, causes: dict[str, int],
                               last_error: str | None) -> None:
         """Stop when the reward scored none of the batch's evaluations, or more than the budget failed."""
-        if not calls or (failures < calls and failures <= self.max_failure_fraction * calls):
+        if (not calls or self.max_failure_fraction is None
+                or (failures < calls and failures <= self.max_failure_fraction * calls)):
             return
         counted = ", ".join(f"{n} {cause}" for cause, n in causes.items())
         what = (f"scored none of {calls} evaluations" if failures == calls else
