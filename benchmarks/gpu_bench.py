@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -75,6 +76,19 @@ class Report:
 
     def write(self) -> None:
         self.path.write_text(json.dumps(self.data, indent=2) + "\n")
+
+
+def timed_decode(decoder: Any, model: Any, reward: Any, images: int, device: torch.device) -> tuple[Any, float]:
+    """``decoder`` on ``images`` seeded samples, and its wall seconds (device work synchronised)."""
+    from svdd_lightning.core.reward import Reward
+
+    with torch.inference_mode():
+        sync(device)
+        t0 = time.perf_counter()
+        result = decoder.sample(model, Reward(reward), [torch.Generator().manual_seed(i) for i in range(images)],
+                                list(range(images)))
+        sync(device)
+        return result, time.perf_counter() - t0
 
 
 def dna_paths(tiny: bool, work: Path) -> dict[str, Path]:
@@ -185,7 +199,6 @@ def build_sd(folder: Path, tiny: bool) -> tuple[Path, Path, Path]:
 
 def stable_diffusion(work: Path, tiny: bool, device: torch.device, images: int) -> dict:
     from svdd_lightning import SVDD, PosteriorMeanValue
-    from svdd_lightning.core.reward import Reward
     from svdd_lightning.domains.images.diffusers_model import StableDiffusion
     from svdd_lightning.domains.images.rewards import AestheticScore
 
@@ -202,13 +215,7 @@ def stable_diffusion(work: Path, tiny: bool, device: torch.device, images: int) 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     decoder = SVDD(PosteriorMeanValue(), m, chunk_size=chunk)
-    with torch.inference_mode():
-        sync(device)
-        t0 = time.perf_counter()
-        result = decoder.sample(model, Reward(reward), [torch.Generator().manual_seed(i) for i in range(images)],
-                                list(range(images)))
-        sync(device)
-        seconds = time.perf_counter() - t0
+    result, seconds = timed_decode(decoder, model, reward, images, device)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {"images": images, "num_candidates": m, "ddim_steps": steps, "chunk_size": chunk, "fp16": half,
             "seconds_per_image": seconds / images, "peak_memory_gib": peak, "build_seconds": round(built, 1),
@@ -253,7 +260,6 @@ def build_sd3(folder: Path, tiny: bool, device: torch.device) -> Path:
 
 def sd3(work: Path, tiny: bool, device: torch.device) -> dict:
     from svdd_lightning import SVDD, PosteriorMeanValue
-    from svdd_lightning.core.reward import Reward
     from svdd_lightning.domains.images.flow_pipelines import StableDiffusion3
     from svdd_lightning.domains.images.rewards import AestheticScore
 
@@ -277,13 +283,7 @@ def sd3(work: Path, tiny: bool, device: torch.device) -> dict:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         try:
-            with torch.inference_mode():
-                sync(device)
-                t0 = time.perf_counter()
-                result = decoder.sample(model, Reward(reward), [torch.Generator().manual_seed(i) for i in range(images)],
-                                        list(range(images)))
-                sync(device)
-                seconds = time.perf_counter() - t0
+            result, seconds = timed_decode(decoder, model, reward, images, device)
         except torch.OutOfMemoryError:
             tried[images] = "out of memory"
             continue

@@ -101,9 +101,5 @@ class TimedCalls:
             self._tasks.put(None)
             self._tasks = None
 
-    def close(self) -> None:
-        """Let the worker thread exit."""
-        self._abandon()
-
     def __getstate__(self) -> dict[str, Any]:
         return {"_tasks": None}  # a copy (pickled, deep-copied) starts its own worker

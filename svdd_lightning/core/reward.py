@@ -192,10 +192,6 @@ class Reward:
             errors.append(_describe(err, self.timeout))
             return _Unscored("timeout" if isinstance(err, CallTimedOut) else "raised")
 
-    def close(self) -> None:
-        """Let the scoring thread exit."""
-        self._worker.close()
-
     def score_states(self, model: Any, x0: Any) -> Scores | None:
         """The function's ``score_states`` fast path (see :class:`RewardFunction`), floored like
         :meth:`evaluate`, on the device it scored on; None when the function has none or declines."""

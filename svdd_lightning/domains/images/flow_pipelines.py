@@ -97,6 +97,21 @@ def encode_sd3_prompts(path: str | Path, prompts: list[str], max_sequence_length
     return torch.cat([clip_hidden, t5], dim=-2), torch.cat([pooled_l, pooled_g], dim=-1)
 
 
+def load_transformer_and_vae(path: str, prompts: Sequence[str], transformer_class: type, owner: str,
+                             pipeline: str) -> tuple[nn.Module, nn.Module]:
+    """The transformer and VAE of a local pipeline folder in diffusers layout, after checking ``owner``'s
+    prompts and path (nothing is downloaded)."""
+    from diffusers import AutoencoderKL
+
+    if not prompts:
+        raise ValueError(f"{owner}.prompts: give at least one prompt")
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{owner}.path: no folder at {path} (a local {pipeline} pipeline in diffusers "
+                                f"layout; nothing is downloaded)")
+    return (transformer_class.from_pretrained(path, subfolder="transformer", local_files_only=True),
+            AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True))
+
+
 class FlowPipelineChain(DiffusionModel):
     """The sampling chain of a text-to-image rectified flow on a sigma grid; subclasses supply ``velocity``,
     ``_images``, ``_condition_state``, ``sigmas`` (num_steps + 1,), ``sample_shape`` and ``prompts``."""
@@ -243,16 +258,11 @@ class StableDiffusion3(FlowPipelineChain):
                  max_sequence_length: int = 256, height: int | None = None, width: int | None = None,
                  noise_level: float = 0.7) -> None:
         require("transformers", extra="images", feature="StableDiffusion3")
-        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+        from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
         super().__init__()
-        if not prompts:
-            raise ValueError("StableDiffusion3.prompts: give at least one prompt")
-        if not Path(path).is_dir():
-            raise FileNotFoundError(f"StableDiffusion3.path: no folder at {path} (a local Stable Diffusion 3 "
-                                    f"pipeline in diffusers layout; nothing is downloaded)")
-        self.transformer = SD3Transformer2DModel.from_pretrained(path, subfolder="transformer", local_files_only=True)
-        self.vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True)
+        self.transformer, self.vae = load_transformer_and_vae(path, prompts, SD3Transformer2DModel,
+                                                              "StableDiffusion3", "Stable Diffusion 3")
         config = self.transformer.config
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         height = height or config.sample_size * factor
@@ -336,17 +346,11 @@ class Flux(FlowPipelineChain):
                  max_sequence_length: int = 512, height: int | None = None, width: int | None = None,
                  noise_level: float = 0.7) -> None:
         require("transformers", extra="images", feature="Flux")
-        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+        from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
         from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
 
         super().__init__()
-        if not prompts:
-            raise ValueError("Flux.prompts: give at least one prompt")
-        if not Path(path).is_dir():
-            raise FileNotFoundError(f"Flux.path: no folder at {path} (a local Flux pipeline in diffusers layout; "
-                                    f"nothing is downloaded)")
-        self.transformer = FluxTransformer2DModel.from_pretrained(path, subfolder="transformer", local_files_only=True)
-        self.vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True)
+        self.transformer, self.vae = load_transformer_and_vae(path, prompts, FluxTransformer2DModel, "Flux", "Flux")
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         height = height or 128 * factor
         width = width or height
