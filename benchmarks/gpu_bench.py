@@ -80,12 +80,12 @@ class Report:
 
 def timed_decode(decoder: Any, model: Any, reward: Any, images: int, device: torch.device) -> tuple[Any, float]:
     """``decoder`` on ``images`` seeded samples, and its wall seconds (device work synchronised)."""
-    from svdd_lightning.core.reward import Reward
+    from svdd_lightning.core.reward import GuardedReward
 
     with torch.inference_mode():
         sync(device)
         t0 = time.perf_counter()
-        result = decoder.sample(model, Reward(reward), [torch.Generator().manual_seed(i) for i in range(images)],
+        result = decoder.sample(model, GuardedReward(reward), [torch.Generator().manual_seed(i) for i in range(images)],
                                 list(range(images)))
         sync(device)
         return result, time.perf_counter() - t0
@@ -134,13 +134,13 @@ def head_to_head(paths: dict, tiny: bool, batch: int, device: torch.device) -> d
     from official_style import official_style_svdd
 
     from svdd_lightning import SVDD, PosteriorMeanValue, checkpoints
-    from svdd_lightning.core.reward import Reward
+    from svdd_lightning.core.reward import GuardedReward
     from svdd_lightning.oracle_reward import OracleReward
 
     model = checkpoints.load(paths["mdlm"]).eval().requires_grad_(False).to(device)
     oracle = OracleReward(str(paths["reward"])).to(device)
     m = 3 if tiny else 10
-    decoder, reward = SVDD(PosteriorMeanValue(), m), Reward(oracle)
+    decoder, reward = SVDD(PosteriorMeanValue(), m), GuardedReward(oracle)
 
     def ours():
         decoder.sample(model, reward, [torch.Generator().manual_seed(i) for i in range(batch)])

@@ -26,8 +26,14 @@ DIGEST = r'''
 import json, sys, torch
 sys.path.insert(0, sys.argv[1])
 from svdd_lightning import checkpoints, PretrainedSampling, BestOfN, SVDD, SMC, PosteriorMeanValue, NetworkValue
-from svdd_lightning.core.reward import Reward
-from svdd_lightning.oracle_reward import OracleReward
+try:  # the run's reward wrapper, under its name in either revision
+    from svdd_lightning.core.reward import GuardedReward
+except ImportError:
+    from svdd_lightning.core.reward import Reward as GuardedReward
+try:
+    from svdd_lightning.domains.sequences.oracle import OracleReward
+except ImportError:
+    from svdd_lightning.oracle_reward import OracleReward
 from svdd_lightning.domains.utr.rewards import MinimumFreeEnergy
 from svdd_lightning.domains.molecules.rewards import QED
 torch.set_num_threads(2)
@@ -39,17 +45,17 @@ def run(name, model, reward, decoder, n):
         r = decoder.sample(model, reward, generators)
     out[name] = {"samples": list(r.samples), "rewards": r.rewards.tolist(), "stats": vars(r.stats)}
 dna = checkpoints.load(ckpt + "dna/mdlm").eval()
-oracle = Reward(OracleReward(ckpt + "dna/oracle_reward"), floor=-10)
+oracle = GuardedReward(OracleReward(ckpt + "dna/oracle_reward"), floor=-10)
 run("dna_pretrained", dna, oracle, PretrainedSampling(), 32)
 run("dna_best_of_3", dna, oracle, BestOfN(3), 16)
 run("dna_svdd_pm", dna, oracle, SVDD(PosteriorMeanValue(), 10), 32)
 run("dna_svdd_mc", dna, oracle, SVDD(NetworkValue(ckpt + "dna/value_mc"), 10), 16)
 run("dna_smc", dna, oracle, SMC(PosteriorMeanValue(), alpha=0.5), 16)
 utr = checkpoints.load(ckpt + "utr/mdlm").eval()
-run("utr_stability_svdd_pm", utr, Reward(MinimumFreeEnergy()), SVDD(PosteriorMeanValue(), 10), 16)
+run("utr_stability_svdd_pm", utr, GuardedReward(MinimumFreeEnergy()), SVDD(PosteriorMeanValue(), 10), 16)
 mol = checkpoints.load(ckpt + "molecules/gdss_qm9", overrides={"num_steps": 100}).eval()
-run("qm9_pretrained", mol, Reward(QED()), PretrainedSampling(), 16)
-run("qm9_svdd_pm", mol, Reward(QED()), SVDD(PosteriorMeanValue(x0_steps=6), 4, select_every=10), 8)
+run("qm9_pretrained", mol, GuardedReward(QED()), PretrainedSampling(), 16)
+run("qm9_svdd_pm", mol, GuardedReward(QED()), SVDD(PosteriorMeanValue(x0_steps=6), 4, select_every=10), 8)
 json.dump(out, open(sys.argv[2], "w"))
 '''
 

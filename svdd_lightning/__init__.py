@@ -2,7 +2,7 @@
 from .checkpoints import Configurable
 from .core.decoders import DPS, SMC, SVDD, BestOfN, DecodeResult, Decoder, PretrainedSampling
 from .core.model import DiffusionModel
-from .core.reward import FunctionReward, ProxyGuided, Reward, RewardFunction, WeightedSum, as_reward
+from .core.reward import FunctionReward, ProxyGuided, Reward, WeightedSum
 from .core.run import Candidates, DecodeStats
 from .core.value import NetworkValue, PosteriorMeanValue, Value
 from .core.beam import BeamSearch
@@ -12,5 +12,11 @@ from .core.rollout_values import LookaheadValue, PosteriorSamplingValue
 
 __all__ = ["BeamSearch", "BestOfN", "Candidates", "Configurable", "DPS", "DecodeResult", "DecodeStats", "Decoder",
            "DiffusionModel", "FunctionReward", "LookaheadValue", "NestedIS", "NetworkValue", "PosteriorMeanValue",
-           "PosteriorSamplingValue", "PretrainedSampling", "ProxyGuided", "Refinement", "Reward", "RewardFunction", "SMC",
-           "SVDD", "Value", "WeightedSum", "as_reward"]
+           "PosteriorSamplingValue", "PretrainedSampling", "ProxyGuided", "Refinement", "Reward", "SMC",
+           "SVDD", "Value", "WeightedSum"]
+
+
+def __getattr__(name: str):
+    from .renamed import module_getattr
+
+    return module_getattr(__name__, name)

@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .paths import find
+from .renamed import RENAMED
 
 ENTRY_POINT_GROUP = "svdd_lightning.checkpoints"
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
@@ -150,6 +151,7 @@ def check_trust(config: Any, trusted: Iterable[str] = (), source: str = "checkpo
 def loadable_class(class_path: Any, packages: Iterable[str], source: str = "checkpoint config") -> type:
     """The class ``class_path`` names, if checkpoints may construct it; else a one-line ``ValueError``."""
     packages = sorted(packages)
+    class_path = RENAMED.get(class_path, class_path)  # a checkpoint written before a class moved
     how = _trust_rule(class_path, packages, source)
     module_name, _, name = class_path.rpartition(".")
     try:

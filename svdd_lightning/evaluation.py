@@ -7,7 +7,7 @@ import torch
 
 from . import checkpoints
 from .core.model import DiffusionModel
-from .core.reward import Reward, RewardFunction
+from .core.reward import GuardedReward, Reward
 from .core.state import State
 
 
@@ -31,8 +31,8 @@ class ScoreMetric(SampleMetric):
         threshold: also report the fraction of samples scoring above it (``fraction_above_<threshold>``).
     """
 
-    def __init__(self, fn: RewardFunction, threshold: float | None = None) -> None:
-        self.reward = Reward(fn, floor=float("nan"))  # the score, failures NaN
+    def __init__(self, fn: Reward, threshold: float | None = None) -> None:
+        self.reward = GuardedReward(fn, floor=float("nan"))  # the score, failures NaN
         self.unit = self.reward.unit
         self.threshold = threshold
 

@@ -8,17 +8,17 @@ import torch
 
 from . import checkpoints
 from .core.precision import float32_scoring
-from .core.reward import RewardFunction
+from .core.reward import Reward
 from .sequences import tokenize
 
 
-class OracleReward(RewardFunction):
+class OracleReward(Reward):
     """Scores sequence strings with an oracle network saved by ``train.py fit`` (``ExportBest``).
 
     ``output="raw"`` returns the network's output (a classifier's logit, e.g. the HepG2 reward, or a
     regressor's prediction, e.g. mean ribosome load); ``"sigmoid"`` its sigmoid (a classifier's
     probability). ``alphabet`` is the token order the network was trained on; T and U read alike.
-    Sequences with other symbols score NaN (floored by :class:`Reward`). ``relaxed`` scores
+    Sequences with other symbols score NaN (the run floors them). ``relaxed`` scores
     one-hot probabilities (N, L, V) differentiably, for DPS. ``score_states`` reads a masked diffusion
     model's token states on its device, without decoding them to strings (SVDD-PM's hot path).
     Scores are computed in float32 (autocast off).
@@ -39,6 +39,18 @@ class OracleReward(RewardFunction):
         self.network = checkpoints.load(checkpoint).requires_grad_(False)
         self.output, self.alphabet, self.batch_size = output, alphabet, batch_size
         self.name = name or f"oracle:{checkpoint.rstrip('/').split('/')[-1]}"
+
+    def check_model(self, model: Any) -> None:
+        """Refuse a sequence model with symbols this oracle's ``alphabet`` cannot read (every sample would
+        score NaN)."""
+        symbols = getattr(model, "alphabet", None)
+        if not isinstance(symbols, str):
+            return
+        unreadable = [c for c, token in zip(symbols, tokenize([symbols], self.alphabet)[0].tolist()) if token < 0]
+        if unreadable:
+            raise ValueError(f"{type(self).__name__}.alphabet {self.alphabet!r} cannot read the model's symbols "
+                             f"{unreadable} (the model's alphabet is {symbols!r}); set it to the symbols, in order, "
+                             f"that the reward was trained on")
 
     def _transform(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs if self.output == "raw" else torch.sigmoid(outputs)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .core.reward import RewardFunction
+from .core.reward import Reward
 from .paths import find
 
 ALPHABET = "ACGT"
@@ -71,7 +71,7 @@ class KmerCorrelation:
         return pearson(kmer_frequencies(sequences, self.k), self.reference)
 
 
-class GCContent(RewardFunction):
+class GCContent(Reward):
     """Fraction of G and C among a sequence's bases (a per-sample evaluation column)."""
 
     name = "gc_content"

@@ -1,11 +1,14 @@
 """YAML configs read strictly: a mapping that gives a key twice is refused in one line, not resolved by
-letting the last one win. Used for every config ``train.py``, ``decode.py`` and ``finetune.py`` read."""
+letting the last one win, and so is a class path that was renamed (naming the new one). Used for every
+config ``train.py``, ``decode.py`` and ``finetune.py`` read."""
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import jsonargparse
 import yaml
+
+from .renamed import refuse_renamed
 
 _JSONARGPARSE_YAML: Callable[[str], Any] = jsonargparse.get_loader("yaml")
 
@@ -55,7 +58,20 @@ def _cli_load(value: str, path: str = "") -> Any:
     loading = stack.get() if stack is not None else ()
     name = loading[-1][1] if loading else str(path) or "command-line value"
     check_unique_keys(value, name)
-    return _JSONARGPARSE_YAML(value)
+    loaded = _JSONARGPARSE_YAML(value)
+    refuse_renamed((name, text) for text in _strings(loaded))
+    return loaded
+
+
+def _strings(data: Any) -> list[str]:
+    """Every string value in loaded YAML (class paths, function paths)."""
+    if isinstance(data, str):
+        return [data]
+    if isinstance(data, dict):
+        return [s for value in data.values() for s in _strings(value)]
+    if isinstance(data, list):
+        return [s for value in data for s in _strings(value)]
+    return []
 
 
 def refuse_duplicate_keys() -> None:

@@ -7,14 +7,14 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from svdd_lightning.core.reward import RewardFunction
+from svdd_lightning.core.reward import Reward
 
 
 def g_count(samples: Sequence[str]) -> list[float]:
     return [float(s.count("G")) for s in samples]
 
 
-class AlwaysNaN(RewardFunction):
+class AlwaysNaN(Reward):
     """Never scores: NaN for every sample (a reward that matches nothing it is given)."""
 
     name = "always_nan"
@@ -23,7 +23,7 @@ class AlwaysNaN(RewardFunction):
         return [math.nan] * len(samples)
 
 
-class HangsOnFirstSample(RewardFunction):
+class HangsOnFirstSample(Reward):
     """The G count, but every call holding the first sample it was ever given never returns while ``flag``
     exists (a docking run stuck on one pathological molecule)."""
 
@@ -40,7 +40,7 @@ class HangsOnFirstSample(RewardFunction):
         return g_count(samples)
 
 
-class HangsAfterCalls(RewardFunction):
+class HangsAfterCalls(Reward):
     """The G count, until call number ``calls`` + 1: that call writes ``<flag>.<pid>.blocked`` and never returns
     while ``flag`` exists (an oracle behind a network that stopped answering); with ``sigterm`` it also sends
     its own process SIGTERM once blocked, as a scheduler's preemption would."""

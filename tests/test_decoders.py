@@ -10,7 +10,8 @@ import math
 import pytest
 import torch
 
-from svdd_lightning import DPS, SMC, SVDD, BestOfN, PosteriorMeanValue, PretrainedSampling, Reward
+from svdd_lightning import DPS, SMC, SVDD, BestOfN, PosteriorMeanValue, PretrainedSampling
+from svdd_lightning.core.reward import GuardedReward, Reward
 from svdd_lightning.diffusion import DilatedConvDenoiser, MaskedDiffusion
 from toys import generators
 
@@ -28,7 +29,7 @@ def model():
     return MaskedDiffusion(backbone, alphabet="ACGT", seq_len=12, num_steps=STEPS).eval()
 
 
-class GCCount:
+class GCCount(Reward):
     """Number of G/C; ``relaxed`` takes DPS's probability table (N, L, 4)."""
 
     name = "gc"
@@ -100,7 +101,7 @@ FLOOR = -1.0
 
 
 def test_reward_failures_are_floored_and_counted(model):
-    reward = Reward(flaky, floor=FLOOR)
+    reward = GuardedReward(flaky, floor=FLOOR)
     result = PretrainedSampling().sample(model, reward, generators(96))
     kinds = [kind(s) for s in result.samples]
     assert {"raise", "none", "nan", "ok"} <= set(kinds)  # every failure mode occurs
@@ -113,7 +114,7 @@ def test_reward_failures_are_floored_and_counted(model):
 
 
 def test_svdd_completes_with_a_failing_reward(model):
-    reward = Reward(flaky, floor=FLOOR)
+    reward = GuardedReward(flaky, floor=FLOOR)
     n = 48
     result = SVDD(PosteriorMeanValue(), num_candidates=4).sample(model, reward, generators(n))
     assert len(result.samples) == n and torch.isfinite(result.rewards).all()
@@ -122,22 +123,22 @@ def test_svdd_completes_with_a_failing_reward(model):
     for s, r in zip(result.samples, result.rewards.tolist()):
         assert (r == FLOOR) == (kind(s) != "ok")
     # the floor is below every valid score, so SVDD steers away from unscorable sequences
-    pretrained = PretrainedSampling().sample(model, Reward(flaky, floor=FLOOR), generators(n))
+    pretrained = PretrainedSampling().sample(model, GuardedReward(flaky, floor=FLOOR), generators(n))
     assert (result.rewards == FLOOR).sum() < (pretrained.rewards == FLOOR).sum()
 
 
 def test_reward_wrapper_isolates_bad_samples():
-    reward = Reward(flaky, floor=-2.0)
+    reward = GuardedReward(flaky, floor=-2.0)
     scores = reward.evaluate(["ACGTACGTACGT", "AAAGGGTTTCCC", "ATTTC", "AGGT", "GCGC"])
     assert scores.values.tolist() == [6.0, -2.0, -2.0, -2.0, 4.0]
     assert (scores.failures, scores.errors) == (3, 1)  # one raised, one None, one NaN
     assert not hasattr(reward, "calls") and not hasattr(reward, "failures")  # the run counts, not the wrapper
-    short = Reward(lambda xs: [1.0])  # wrong length: scored one by one
+    short = GuardedReward(lambda xs: [1.0])  # wrong length: scored one by one
     assert short(["A", "C"]).tolist() == [1.0, 1.0] and short.evaluate(["A", "C"]).failures == 0
     with pytest.raises(ValueError, match="floor"):
-        Reward(flaky, floor=math.inf)
+        GuardedReward(flaky, floor=math.inf)
     with pytest.raises(TypeError, match="callable"):
-        Reward(3.0)
+        GuardedReward(3.0)
 
 
 # --- chunking ---------------------------------------------------------------------------------------

@@ -98,10 +98,10 @@ def test_svdd_pm_keeps_log_probabilities_and_tokens_on_the_device(dna):
     """Per step SVDD-PM sends no log-probability table or token string to the host: the oracle reads the
     model's tokens on the device (each distinct x0_hat once); only the final samples come back."""
     from svdd_lightning import checkpoints
-    from svdd_lightning.core.reward import Reward
+    from svdd_lightning.core.reward import GuardedReward
 
     model = checkpoints.load(dna["mdlm"]).eval()
-    reward = Reward(OracleReward(str(dna["reward"])))
+    reward = GuardedReward(OracleReward(str(dna["reward"])))
     b, m = 4, 3
     generators = lambda: [torch.Generator().manual_seed(i) for i in range(b)]  # noqa: E731
     with torch.no_grad():
@@ -160,12 +160,12 @@ def test_stable_diffusion_images_stay_on_the_device_for_the_aesthetic_reward(tmp
     from test_sd_decode import build_tiny_aesthetic
     from tiny_images import IMAGE_SIZE, build_tiny_sd
 
-    from svdd_lightning.core.reward import Reward
+    from svdd_lightning.core.reward import GuardedReward
     from svdd_lightning.domains.images.diffusers_model import StableDiffusion
     from svdd_lightning.domains.images.rewards import AestheticScore
 
     sd = StableDiffusion(str(build_tiny_sd(tmp_path / "sd")), ["cat", "dog"], num_steps=3)
-    reward = Reward(AestheticScore(*(str(p) for p in build_tiny_aesthetic(tmp_path))))
+    reward = GuardedReward(AestheticScore(*(str(p) for p in build_tiny_aesthetic(tmp_path))))
     b, m = 2, 3
     generators = lambda: [torch.Generator().manual_seed(i) for i in range(b)]  # noqa: E731
     vae_calls = []

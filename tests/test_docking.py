@@ -7,8 +7,7 @@ import pytest
 pytest.importorskip("vina", reason="VinaDocking needs AutoDock Vina: pip install vina")
 pytest.importorskip("meeko", reason="VinaDocking needs meeko: pip install meeko")
 
-from svdd_lightning import Reward  # noqa: E402
-from svdd_lightning.core.reward import RewardFunction  # noqa: E402
+from svdd_lightning.core.reward import GuardedReward, Reward  # noqa: E402
 from svdd_lightning.domains.molecules.docking import ASSET_RECEPTORS, TARGET_BOXES, VinaDocking  # noqa: E402
 
 BENZAMIDE = "NC(=O)c1ccccc1"  # a PARP1 fragment: the nicotinamide pocket binds it
@@ -36,7 +35,7 @@ def test_cache_serves_repeated_molecules(parp1):
     docked, cached = parp1.docked, parp1.cached
     assert parp1(["c1ccccc1C(N)=O", BENZAMIDE]) == [first, first]  # canonical SMILES is the key
     assert parp1.docked == docked and parp1.cached == cached + 2
-    floored = Reward(pickle.loads(pickle.dumps(parp1)))([BENZAMIDE, ""])  # a pickled copy keeps the scores
+    floored = GuardedReward(pickle.loads(pickle.dumps(parp1)))([BENZAMIDE, ""])  # a pickled copy keeps the scores
     assert floored.tolist() == pytest.approx([first, 0.0]) and parp1._workers
 
 
@@ -98,7 +97,7 @@ def test_shipped_receptors_and_config_construction():
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser()
-    parser.add_argument("--reward", type=RewardFunction)
+    parser.add_argument("--reward", type=Reward)
     config = parser.parse_args(["--reward", '{"class_path": "svdd_lightning.domains.molecules.docking.VinaDocking", '
                                             '"init_args": {"target": "jak2", "box_size": [20, 20, 20]}}'])
     reward = parser.instantiate_classes(config).reward

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from svdd_lightning import SVDD, PosteriorMeanValue, PretrainedSampling, checkpoints
-from svdd_lightning.core.reward import RewardFunction
+from svdd_lightning.core.reward import Reward
 from svdd_lightning.evaluation import ELBOMetric
 from svdd_lightning.lightning.decoding import DecodingModule
 from svdd_lightning.lightning.expert_iteration import (compose, expert_iteration, parse_schedule, read_configs,
@@ -25,7 +25,7 @@ from svdd_lightning.lightning.training import ExportBest
 from tiny_dna import LENGTH, build_tiny_checkpoints
 
 
-class GCReward(RewardFunction):
+class GCReward(Reward):
     """Fraction of G and C: cheap, and a clear direction for fine-tuning to move in."""
 
     name = "gc"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from svdd_lightning import SMC, SVDD, PosteriorMeanValue
-from svdd_lightning.core.reward import Reward, RewardFunction
+from svdd_lightning.core.reward import GuardedReward, Reward
 from svdd_lightning.core.run import Run
 from svdd_lightning.core.state import distinct_rows
 from svdd_lightning.diffusion import DilatedConvDenoiser, MaskedDiffusion
@@ -20,7 +20,7 @@ def gc_count(sequences):
     return [float(s.count("G") + s.count("C")) for s in sequences]
 
 
-class Background(RewardFunction):
+class Background(Reward):
     """A per-sample reward that scores "in the background": ``submit`` records when each batch starts and
     the returned callable computes it later (as worker processes would)."""
 
@@ -57,9 +57,9 @@ def test_background_scoring_overlaps_the_denoiser_and_gives_the_same_samples(mon
     denoise = model.denoise
     monkeypatch.setattr(model, "denoise", lambda x, level: events.append(("denoise", len(x))) or denoise(x, level))
     for decoder in (SVDD(PosteriorMeanValue(), 4), SMC(PosteriorMeanValue(), alpha=0.3)):
-        plain = decode(model, Reward(gc_count), decoder)
+        plain = decode(model, GuardedReward(gc_count), decoder)
         events.clear()
-        background = decode(model, Reward(Background(events)), decoder)
+        background = decode(model, GuardedReward(Background(events)), decoder)
         assert background.samples == plain.samples and torch.equal(background.rewards, plain.rewards)
         assert background.stats.denoiser_calls == plain.stats.denoiser_calls
         assert background.stats.reward_calls < plain.stats.reward_calls  # the call's cache
@@ -83,15 +83,15 @@ def test_the_oracle_on_the_models_tokens_scores_what_it_scores_on_strings(tmp_pa
     seen = []
     original = oracle.score_states
     oracle.score_states = lambda m, x0: seen.append(len(x0)) or original(m, x0)
-    tokens = decode(model, Reward(oracle), SVDD(PosteriorMeanValue(), 4))
-    strings = decode(model, Reward(lambda s: oracle(s)), SVDD(PosteriorMeanValue(), 4))
+    tokens = decode(model, GuardedReward(oracle), SVDD(PosteriorMeanValue(), 4))
+    strings = decode(model, GuardedReward(lambda s: oracle(s)), SVDD(PosteriorMeanValue(), 4))
     assert seen  # the token path ran
     assert tokens.samples == strings.samples and torch.equal(tokens.rewards, strings.rewards)
     assert tokens.stats == strings.stats
 
 
 def test_a_state_reading_reward_that_declines_falls_back_to_decoding():
-    class Declines(RewardFunction):
+    class Declines(Reward):
         calls = 0
 
         def __call__(self, sequences):
@@ -102,7 +102,7 @@ def test_a_state_reading_reward_that_declines_falls_back_to_decoding():
             return None
 
     model = tiny_model()
-    run = Run(model, Reward(Declines()), range(3))
+    run = Run(model, GuardedReward(Declines()), range(3))
     x0 = torch.randint(0, 4, (3, model.seq_len))
     assert run.score(x0).tolist() == gc_count(model.decode(x0))
     run.score(x0)

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from svdd_lightning import Reward, checkpoints
+from svdd_lightning import checkpoints
+from svdd_lightning.core.reward import GuardedReward
 from svdd_lightning.domains.images.networks import MNISTClassifier
 from tiny_images import random_aesthetic_predictor
 from svdd_lightning.domains.images.rewards import AestheticScore, ClassifierLogProb, Compressibility, clip_preprocess
@@ -113,7 +114,7 @@ def test_classifier_log_prob_is_differentiable_for_dps(tmp_path):
     assert torch.allclose(scores.exp().sum(dim=0), torch.ones(4), atol=1e-5)
     expected = torch.log_softmax(network(images), dim=-1)[:, 3]
     assert torch.allclose(scores[3], expected.detach(), atol=1e-6)
-    guidance = Reward(rewards[3]).differentiable()
+    guidance = GuardedReward(rewards[3]).relaxed()
     pixels = images.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(guidance(pixels).sum(), pixels)
     assert grad.abs().sum() > 0

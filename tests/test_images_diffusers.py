@@ -6,11 +6,12 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from svdd_lightning import DPS, SMC, SVDD, BestOfN, PosteriorMeanValue, PretrainedSampling, Reward, checkpoints
+from svdd_lightning import DPS, SMC, SVDD, BestOfN, PosteriorMeanValue, PretrainedSampling, checkpoints
+from svdd_lightning.core.reward import GuardedReward
 from svdd_lightning.domains.images.diffusers_model import DiffusersDiffusion, StableDiffusion
 from svdd_lightning.domains.images.networks import MNISTClassifier
 from svdd_lightning.domains.images.rewards import ClassifierLogProb
-from svdd_lightning.core.reward import as_reward
+from svdd_lightning.core.reward import guard
 from svdd_lightning.core.run import Run
 from tiny_images import build_tiny_sd
 
@@ -135,7 +136,7 @@ def test_several_labels_need_conditions_and_best_of_n_children_share_their_sampl
     with pytest.raises(ValueError, match="give each row's condition"):
         model.initial_state(generators(0, 1))
     assert model.initial_state(generators(0, 1, 2), torch.tensor([0, 1, 0]))["class_label"].tolist() == [3, 7, 3]
-    run = Run(model, as_reward(brightness), indices=[4, 5])
+    run = Run(model, guard(brightness), indices=[4, 5])
     assert run.initial_state(generators(*range(6)))["class_label"].tolist() == [3, 3, 3, 7, 7, 7]
     result = BestOfN(n=3).sample(model, brightness, generators(0, 1), indices=[4, 5])
     assert result.x0["class_label"].tolist() == [3, 7]
@@ -198,7 +199,7 @@ def test_dps_moves_the_implied_noise_by_the_scaled_guidance_gradient(prediction_
 def test_dps_with_a_classifier_reward_runs_in_inference_mode(tmp_path):
     torch.manual_seed(0)
     checkpoints.save(MNISTClassifier(channels=(4, 8)), tmp_path / "classifier")
-    reward = Reward(ClassifierLogProb(str(tmp_path / "classifier"), target_class=3))
+    reward = GuardedReward(ClassifierLogProb(str(tmp_path / "classifier"), target_class=3))
     model = tiny_model(class_labels=[3], num_steps=3).requires_grad_(False)
     with torch.inference_mode():  # as in Lightning's predict loop
         result = DPS(scale=5.0).sample(model, reward, generators(0, 1))

@@ -8,7 +8,7 @@ from rdkit import Chem
 from rdkit.Chem import QED as RDKitQED
 from rdkit.Contrib.SA_Score import sascorer
 
-from svdd_lightning.core.reward import Reward
+from svdd_lightning.core.reward import GuardedReward
 from svdd_lightning.domains.molecules.graphs import (ATOM_SETS, correct_valency, graphs_to_molecules,
                                                      smiles_to_graph, to_smiles)
 from svdd_lightning.domains.molecules.rewards import QED, SA, Novelty, novelty, uniqueness, validity
@@ -128,7 +128,7 @@ def test_qed_and_sa():
         assert 0 < q < 1 and q == pytest.approx(RDKitQED.qed(mol))
         assert 0 < a <= 1 and a == pytest.approx((10 - sascorer.calculateScore(mol)) / 9)
     assert QED.name == "qed" and SA.name == "sa"
-    assert Reward(SA(), floor=0.0)(["CCO", ""]).tolist()[1] == 0.0
+    assert GuardedReward(SA(), floor=0.0)(["CCO", ""]).tolist()[1] == 0.0
 
 
 def test_parallel_scores_equal_serial():

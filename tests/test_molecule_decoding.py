@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from svdd_lightning import DPS, SVDD, PosteriorMeanValue, ProxyGuided, checkpoints
 from svdd_lightning.core.run import Candidates, Run
-from svdd_lightning.core.reward import as_reward
+from svdd_lightning.core.reward import guard
 from svdd_lightning.domains.molecules.graph_diffusion import GraphDiffusion
 from svdd_lightning.domains.molecules.sde import VESDE, VPSDE
 from svdd_lightning.domains.molecules.value_networks import GraphGIN
@@ -63,7 +63,7 @@ def test_multi_step_x0_estimate_is_exact_for_the_exact_score_and_counted(sde, in
 
     model._scores = exact_scores
     state = mixed_size_state(model)
-    run = Run(model, as_reward(lambda s: [0.0] * len(s)), range(3))
+    run = Run(model, guard(lambda s: [0.0] * len(s)), range(3))
     candidates = Candidates(run, state, 1)
     x0 = candidates.x0_hat(num_steps=4)
     flags = state["flags"]

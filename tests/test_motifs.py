@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from svdd_lightning.core.reward import Reward
+from svdd_lightning.core.reward import GuardedReward
 from svdd_lightning.domains.dna.motifs import JasparMotifReward
 
 COMP = str.maketrans("ACGT", "TGCA")
@@ -126,7 +126,7 @@ def test_invalid_sequence_is_nan_only_for_that_sample(synthetic, rng):
     assert out[0] == pytest.approx(1.0)
     assert out[2] == pytest.approx(1.0)
     assert math.isnan(out[1]) and math.isnan(out[3]) and math.isnan(out[4])
-    wrapped = Reward(synthetic, floor=-1.0)
+    wrapped = GuardedReward(synthetic, floor=-1.0)
     scores = wrapped.evaluate([good, bad])
     assert scores.values.tolist() == pytest.approx([1.0, -1.0])
     assert scores.failures == 1

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from svdd_lightning import BestOfN, PretrainedSampling, checkpoints
-from svdd_lightning.core.reward import Reward
+from svdd_lightning.core.reward import GuardedReward
 from svdd_lightning.evaluation import ScoreMetric
 from svdd_lightning.lightning.cli import main_decode
 from svdd_lightning.lightning.decoding import DecodingModule, RewardFailure
@@ -349,7 +349,7 @@ def test_nan_reward_floor_is_refused_for_decoding(tiny, tmp_path):
     assert decode(config, tmp_path / "out").startswith("error: model.reward_floor must be a finite number for decoding")
     model = checkpoints.load(tiny["mdlm"])
     with pytest.raises(ValueError, match="decoding needs a finite floor"):
-        BestOfN(2).sample(model, Reward(lambda s: [0.0] * len(s), floor=float("nan")), [torch.Generator()])
+        BestOfN(2).sample(model, GuardedReward(lambda s: [0.0] * len(s), floor=float("nan")), [torch.Generator()])
 
 
 def test_a_reward_alphabet_that_cannot_read_the_model_is_refused_up_front(tiny):
@@ -424,7 +424,7 @@ def test_plots_name_the_reward_with_its_unit_and_the_method(tmp_path):
     from svdd_lightning.domains.molecules.outputs import MoleculeFiles
     from svdd_lightning.domains.molecules.rewards import QED
 
-    module = SimpleNamespace(reward=Reward(ProxyGuided(QED(), torch.nn.Linear(1, 1))),
+    module = SimpleNamespace(reward=GuardedReward(ProxyGuided(QED(), torch.nn.Linear(1, 1))),
                              metrics={"qed": ScoreMetric(QED()), "oracle": ScoreMetric(lambda s: [0.0] * len(s))})
     assert DesignWriter._labels(module) == {"reward": "reward: qed (QED, 0-1)", "qed": "qed (QED, 0-1)",
                                             "oracle": "oracle"}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from svdd_lightning import NetworkValue, PretrainedSampling, checkpoints
-from svdd_lightning.core.reward import Reward
+from svdd_lightning.core.reward import GuardedReward
 from svdd_lightning.core.run import Candidates, Run
 from svdd_lightning.diffusion import MaskedDiffusion, MDLMTransformer
 from svdd_lightning.oracle_reward import OracleReward
@@ -35,7 +35,7 @@ def test_ten_one_token_variants_get_identical_rewards_in_fp32_and_under_bf16_aut
     with torch.no_grad():
         with torch.autocast(**BF16):
             raw_bf16 = oracle.network(variants).float().tolist()  # what scoring inside autocast used to give
-    reward = Reward(oracle)
+    reward = GuardedReward(oracle)
     fp32 = reward(sequences).tolist()
     run = lambda: Run(model, reward, range(10))  # noqa: E731
     with torch.autocast(**BF16):
@@ -54,7 +54,7 @@ def test_network_values_are_float32_under_bf16_autocast(variants):
     value = NetworkValue(network)
 
     def values():
-        run = Run(model, Reward(lambda s: [0.0] * len(s)), range(10))
+        run = Run(model, GuardedReward(lambda s: [0.0] * len(s)), range(10))
         return value(Candidates(run, x, level=model.num_steps // 2))
 
     with torch.no_grad():

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from svdd_lightning.core.deadline import CallInterrupted, CallTimedOut, TimedCalls
-from svdd_lightning.core.reward import Reward
+from svdd_lightning.core.reward import GuardedReward
 
 from test_output_integrity import decode, part_rows, rows, write_config
 from tiny_dna import ROOT, build_tiny_checkpoints
@@ -63,7 +63,7 @@ def test_a_sample_that_hangs_gets_the_floor_and_is_counted_as_a_timeout(tmp_path
 
     flag = tmp_path / "hang"
     flag.touch()
-    reward = Reward(HangsOnFirstSample(str(flag)), floor=-1.0, timeout=0.2)
+    reward = GuardedReward(HangsOnFirstSample(str(flag)), floor=-1.0, timeout=0.2)
     start = time.monotonic()
     scores = reward.evaluate(["AAG", "GGG", "CCC"])  # the batch times out, then each sample is tried alone
     assert scores.values.tolist() == [-1.0, 3.0, 0.0] and time.monotonic() - start < 2.0

@@ -13,7 +13,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader
 
 from svdd_lightning import checkpoints
-from svdd_lightning.core.reward import RewardFunction
+from svdd_lightning.core.reward import Reward
 from svdd_lightning.diffusion import DilatedConvDenoiser, MaskedDiffusion
 from svdd_lightning.domains.dna.oracles import EnformerStyleClassifier
 from svdd_lightning.lightning import rollouts
@@ -24,7 +24,7 @@ from svdd_lightning.seeds import sample_seed
 LENGTH, STEPS, LEVELS = 16, 8, 3
 
 
-class GCContent(RewardFunction):
+class GCContent(Reward):
     """Fraction of G and C (module level, so that ddp_spawn can pickle it)."""
 
     name = "gc"

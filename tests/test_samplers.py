@@ -19,7 +19,7 @@ import torch
 
 from svdd_lightning import (SVDD, BeamSearch, LookaheadValue, NestedIS, PosteriorMeanValue, PosteriorSamplingValue,
                             PretrainedSampling, Refinement)
-from svdd_lightning.core.reward import as_reward
+from svdd_lightning.core.reward import guard
 from svdd_lightning.core.run import Candidates, Run
 from svdd_lightning.diffusion import DilatedConvDenoiser, MaskedDiffusion
 from test_exactness import ALPHA, FAIL, PASS, chi_square_p, hotelling_p, toy, tv  # noqa: F401 (toy: the fixture)
@@ -80,7 +80,7 @@ def test_svdd_with_the_sampled_value_samples_its_computed_law(toy, x0_steps, dra
 
 def test_sampled_value_alpha_zero_is_the_max_over_draws_and_counts_its_calls(toy):
     model, chain, reward, _, _ = toy
-    run = Run(model, as_reward(reward), range(2))
+    run = Run(model, guard(reward), range(2))
     start = torch.full((2, 3), model.mask_id)
     candidates = Candidates(run, start, 0, generators=generators(2))
     draws = Candidates(run, start, 0, generators=generators(2)).x0_samples(6)

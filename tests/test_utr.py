@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from svdd_lightning import WeightedSum, checkpoints
-from svdd_lightning.core.reward import Reward
+from svdd_lightning.core.reward import GuardedReward
 from svdd_lightning.diffusion import DilatedConvDenoiser, MaskedDiffusion
 from svdd_lightning.domains.utr.data import UTRDataModule, encode_rna, group_split, read_utrs
 from svdd_lightning.domains.utr.networks import ConvGRU
@@ -108,7 +108,7 @@ def test_minimum_free_energy_sign_alphabets_and_failures():
     assert rewards[2] == rewards[1]  # DNA letters read as RNA
     assert mfe.energies([hairpin])[0] == -rewards[1]
     assert MinimumFreeEnergy(per_nucleotide=True)([hairpin])[0] == pytest.approx(rewards[1] / LENGTH)
-    guarded = Reward(mfe, floor=-1.0)
+    guarded = GuardedReward(mfe, floor=-1.0)
     scores = guarded.evaluate([hairpin, "ACGN" * 5])
     assert scores.values.tolist()[1] == -1.0 and scores.failures == 1
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from svdd_lightning.core.model import DiffusionModel
+from svdd_lightning.core.reward import Reward
 from svdd_lightning.core.run import Candidates
 from svdd_lightning.core.value import Value
 from svdd_lightning.diffusion.backbones import embed_tokens
@@ -385,7 +386,7 @@ class GaussianMixtureDDPM(DiffusionModel):
         return (eps - scale * math.sqrt(1 - abar) * grad).detach()
 
 
-class FirstCoordinate:
+class FirstCoordinate(Reward):
     """r(x) = x[0] on decoded 2-D points, differentiable for DPS through ``relaxed``."""
 
     name = "first_coordinate"

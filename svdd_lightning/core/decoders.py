@@ -21,7 +21,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from .model import DiffusionModel
-from .reward import Reward, RewardFn, as_reward
+from .reward import Reward, RewardCallable, guard
 from .run import Candidates, DecodeStats, Run
 from .selection import effective_sample_size, resample, select_candidates
 from .state import State, index_rows, repeat_rows
@@ -67,14 +67,14 @@ class Decoder(ABC):
             value.to(device)
         return self
 
-    def sample(self, model: DiffusionModel, reward: Reward | RewardFn, generators: Sequence[torch.Generator],
-               indices: Sequence[int] | None = None) -> DecodeResult:
+    def sample(self, model: DiffusionModel, reward: Reward | RewardCallable, generators: Sequence[torch.Generator],
+               indices: Sequence[int] | None = None, reward_floor: float = 0.0) -> DecodeResult:
         """One sample per generator; row b is sample ``indices[b]`` (default 0, 1, ...), which fixes its
-        condition for a conditional model."""
+        condition for a conditional model. A sample the reward cannot score gets ``reward_floor``."""
         indices = range(len(generators)) if indices is None else indices
         if len(indices) != len(generators):
             raise ValueError(f"{len(generators)} generators for {len(indices)} sample indices")
-        run = Run(model, as_reward(reward), indices, self.chunk_size)
+        run = Run(model, guard(reward, reward_floor), indices, self.chunk_size)
         generators = list(generators)
         x0 = self.decode_from(run, run.initial_state(generators), 0, generators)
         samples = run.decode(x0)  # once (a VAE's decoding is costly); the reward scores these samples
@@ -310,7 +310,7 @@ class DPS(Decoder):
 
     def decode_from(self, run: Run, x: State, level: int, generators: list[torch.Generator]) -> State:
         model = run.model
-        guidance = run.reward.differentiable()
+        guidance = run.reward.relaxed()
         for level in range(level, model.num_steps):
             with torch.inference_mode(False), torch.enable_grad():
                 prediction = run.guided_denoise(_normal_tensors(x), level, guidance, self.scale, self.chunk_size)

@@ -16,17 +16,22 @@ from .state import batch_size
 
 log = logging.getLogger(__name__)
 
-RewardFn = Callable[[Sequence[Any]], Sequence[float]]
+#: a plain batched reward function: decoded samples in, one float per sample out (None or NaN: cannot score)
+RewardCallable = Callable[[Sequence[Any]], Sequence[float]]
 
+class Reward(ABC):
+    """A reward: subclass it (configs name subclasses by ``class_path``), or pass a plain batched function.
 
-class RewardFunction(ABC):
-    """Base of rewards named in configs (``class_path``); in Python any batched callable works.
+    ``__call__`` takes a list of decoded samples and returns one float per sample (None or NaN: cannot score
+    it); it need not be differentiable. The other methods are optional capabilities with defaults, which a
+    subclass overrides when it has them:
 
-    A reward may also define ``score_states(model, x0) -> Tensor | None``: the scores of clean states of
-    ``model`` read directly, on the model's device (e.g. an oracle network on the model's own tokens, an
-    image reward on the model's decoded image batch), skipping the decoding to samples in the hot path
-    of SVDD-PM; None when it cannot read that model's states. It must give what ``__call__`` gives on
-    ``model.decode(x0)`` (NaN for a sample it cannot score).
+    - :meth:`score_states`: score the model's clean states directly, on its device (SVDD-PM's hot path);
+    - :meth:`submit`: start scoring in the background (worker processes) and return at once;
+    - :meth:`relaxed`: a differentiable relaxation, for DPS;
+    - :meth:`to`: move the reward's networks to the run's device; :meth:`close`: stop its workers;
+    - :meth:`check_model`: refuse, before any work, a model whose samples it cannot read;
+    - ``name`` and ``unit``: how outputs and plots label it.
     """
 
     name: str = "reward"
@@ -36,9 +41,53 @@ class RewardFunction(ABC):
     @abstractmethod
     def __call__(self, samples: Sequence[Any]) -> Sequence[float]: ...
 
+    def score_states(self, model: Any, x0: Any) -> torch.Tensor | None:
+        """The scores of clean states ``x0`` of ``model`` read directly, on the model's device (e.g. an oracle
+        network on the model's own tokens, an image reward on the model's decoded image batch), skipping the
+        decoding to samples; None when it cannot read that model's states (the default). It must give what
+        ``__call__`` gives on ``model.decode(x0)`` (NaN for a sample it cannot score)."""
+        return None
 
-class FunctionReward(RewardFunction):
-    """A plain batched function as a configurable reward: ``function: mypackage.module.my_reward``.
+    def submit(self, samples: Sequence[Any]) -> Callable[[], Sequence[float]] | None:
+        """Start scoring ``samples`` in the background and return at once a callable that waits for the
+        scores (what ``__call__`` gives); None (the default): the reward scores when called."""
+        return None
+
+    def relaxed(self, x: Any) -> torch.Tensor:
+        """Scores of relaxed clean states (e.g. one-hot probabilities, images in [0, 1]), differentiable in
+        them, for DPS; the default refuses."""
+        raise TypeError(f"reward {self.name} is not differentiable: it has no relaxed(x) method for DPS")
+
+    def to(self, device: torch.device | str) -> "Reward":
+        """Move the networks the reward runs to ``device`` (the default holds none)."""
+        return self
+
+    def close(self) -> None:
+        """Stop the reward's worker processes, if any (a later call starts new ones)."""
+
+    def check_model(self, model: Any) -> None:
+        """Raise ``ValueError`` (one line) when the reward cannot read ``model``'s samples; the default
+        accepts every model."""
+
+    @property
+    def reads_states(self) -> bool:
+        """Whether the reward has a :meth:`score_states` of its own."""
+        return type(self).score_states is not Reward.score_states
+
+    @property
+    def scores_in_background(self) -> bool:
+        """Whether the reward has a :meth:`submit` of its own. Its per-sample scores are exact, so a decoding
+        call keeps them: a sample met again (an x0_hat repeated at a later step) is not scored again."""
+        return type(self).submit is not Reward.submit
+
+    @property
+    def differentiable(self) -> bool:
+        """Whether the reward has a :meth:`relaxed` of its own (DPS needs it)."""
+        return type(self).relaxed is not Reward.relaxed
+
+
+class FunctionReward(Reward):
+    """A plain batched function as a reward: ``function: mypackage.module.my_reward`` in a config.
 
     Args:
         function: a batched function, samples in and one float per sample out (``None`` or NaN: cannot
@@ -46,9 +95,11 @@ class FunctionReward(RewardFunction):
         name: the reward's name in outputs (default: the function's name).
     """
 
-    def __init__(self, function: Callable[[Sequence[Any]], Sequence[float]], name: str | None = None) -> None:
+    def __init__(self, function: RewardCallable, name: str | None = None) -> None:
+        if not callable(function):
+            raise TypeError(f"reward: expected a Reward or a batched callable, got {type(function).__name__}")
         self.function = function
-        self.name = name or getattr(function, "__name__", "reward")
+        self.name = name or getattr(function, "__name__", type(function).__name__)
 
     def __call__(self, samples: Sequence[Any]) -> Sequence[float]:
         return self.function(samples)
@@ -81,11 +132,11 @@ class Scores:
         return self.causes.get("raised", 0)
 
 
-class Reward:
-    """A batched reward with an explicit policy for samples it cannot score.
+class GuardedReward:
+    """How a run calls a :class:`Reward`: with a floor for the samples it cannot score, failures isolated,
+    and a time limit. Internal: decoders, rollouts and metrics wrap the user's reward in one (:func:`guard`).
 
-    ``fn`` takes a list of decoded samples and returns one float per sample; it need not be
-    differentiable. A sample whose score is None or NaN, or for which ``fn`` raises or runs past
+    A sample whose score is None or NaN, or for which ``fn`` raises or runs past
     ``timeout`` seconds, gets ``floor`` instead; when the batched call fails, the batch is scored one
     sample at a time (each within ``timeout``) so that one bad sample costs only itself. Calls run in a
     worker thread (:class:`~svdd_lightning.core.deadline.TimedCalls`): one that hangs is abandoned, and
@@ -94,18 +145,17 @@ class Reward:
     A NaN floor keeps unscored samples NaN (for evaluation columns, never for decoding).
     """
 
-    def __init__(self, fn: RewardFn, floor: float = 0.0, name: str | None = None,
-                 timeout: float | None = DEFAULT_TIMEOUT) -> None:
-        if not callable(fn):
-            raise TypeError(f"reward: expected a callable, got {type(fn).__name__}")
+    def __init__(self, fn: Reward | RewardCallable, floor: float = 0.0,
+                 name: str | None = None, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        fn = fn if isinstance(fn, Reward) else FunctionReward(fn, name=getattr(fn, "name", None))
         if math.isinf(floor):
             raise ValueError(f"reward.floor must be a finite number (or NaN to mark unscored samples), got {floor}")
         if timeout is not None and not timeout > 0:
             raise ValueError(f"reward timeout must be a positive number of seconds (or null: no limit), got {timeout}")
         self.fn = fn
         self.floor = float(floor)
-        self.name = name or getattr(fn, "name", None) or getattr(fn, "__name__", type(fn).__name__)
-        self.unit: str | None = getattr(fn, "unit", None)  # a RewardFunction's unit; plain functions have none
+        self.name = name or fn.name
+        self.unit = fn.unit
         self.timeout = timeout
         self.should_stop: Callable[[], bool] | None = None
         self._worker = TimedCalls()
@@ -156,10 +206,10 @@ class Reward:
         scoring fails or runs past ``timeout``, the samples are scored by :meth:`evaluate` (one by one where
         needed)."""
         samples = list(samples)
-        start, pending = getattr(self.fn, "submit", None), None
-        if start is not None:
+        pending = None
+        if self.fn.scores_in_background:
             try:
-                pending = start(samples)
+                pending = self.fn.submit(samples)
             except Exception as err:
                 log.warning("reward %s could not start scoring in the background (%s)", self.name, err)
         if pending is None:
@@ -193,13 +243,12 @@ class Reward:
             return _Unscored("timeout" if isinstance(err, CallTimedOut) else "raised")
 
     def score_states(self, model: Any, x0: Any) -> Scores | None:
-        """The function's ``score_states`` fast path (see :class:`RewardFunction`), floored like
-        :meth:`evaluate`, on the device it scored on; None when the function has none or declines."""
-        direct = getattr(self.fn, "score_states", None)
-        if direct is None:
+        """The reward's :meth:`Reward.score_states` fast path, floored like :meth:`evaluate`, on the device it
+        scored on; None when the reward has none or declines."""
+        if not self.fn.reads_states:
             return None
         with float32_scoring():
-            values = direct(model, x0)
+            values = self.fn.score_states(model, x0)
         if values is None:
             return None
         values = values.float()
@@ -216,15 +265,15 @@ class Reward:
         except (TypeError, ValueError):
             return math.nan
 
-    def differentiable(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The reward as a differentiable function of relaxed states, for DPS."""
-        relaxed = getattr(self.fn, "relaxed", None)
-        if relaxed is None:
-            raise TypeError(f"reward {self.name} is not differentiable: it has no `relaxed(x)` method for DPS")
-        return relaxed
+    def relaxed(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The reward as a differentiable function of relaxed states, for DPS (refused, in one line, for a
+        reward without :meth:`Reward.relaxed`)."""
+        if not self.fn.differentiable:
+            raise TypeError(f"reward {self.name} is not differentiable: it has no relaxed(x) method for DPS")
+        return self.fn.relaxed
 
 
-class WeightedSum(RewardFunction):
+class WeightedSum(Reward):
     """sum_i w_i r_i(x) of several batched rewards; a sample any term cannot score scores NaN.
 
     Args:
@@ -232,14 +281,14 @@ class WeightedSum(RewardFunction):
         weights: term name -> weight (a term not named here has weight 1).
     """
 
-    def __init__(self, rewards: dict[str, RewardFunction], weights: dict[str, float] | None = None) -> None:
+    def __init__(self, rewards: dict[str, Reward], weights: dict[str, float] | None = None) -> None:
         if not rewards:
             raise ValueError("WeightedSum.rewards must name at least one reward")
         weights = weights or {}
         unknown = set(weights) - set(rewards)
         if unknown:
             raise ValueError(f"WeightedSum.weights names unknown rewards {sorted(unknown)}; known: {sorted(rewards)}")
-        self.rewards = rewards
+        self.rewards = {k: r if isinstance(r, Reward) else FunctionReward(r) for k, r in rewards.items()}
         self.weights = {k: float(weights.get(k, 1.0)) for k in rewards}
         self.name = "+".join(f"{self.weights[k]:g}*{k}" for k in rewards)
 
@@ -250,26 +299,36 @@ class WeightedSum(RewardFunction):
                                                       dtype=torch.float64)
         return total.tolist()
 
+    @property
+    def reads_states(self) -> bool:
+        return all(fn.reads_states for fn in self.rewards.values())
+
     def score_states(self, model: Any, x0: Any) -> torch.Tensor | None:
         """The weighted sum of the terms' direct scores, when every term has them (else None)."""
         total = None
         for key, fn in self.rewards.items():
-            direct = getattr(fn, "score_states", None)
-            values = None if direct is None else direct(model, x0)
+            values = fn.score_states(model, x0)
             if values is None:
                 return None
             total = self.weights[key] * values.double() + (0 if total is None else total)
         return total
 
     def to(self, device: Any) -> "WeightedSum":
-        """Move every term that holds networks (``DecodingModule`` does this for the run's device)."""
+        """Move every term's networks (``DecodingModule`` does this for the run's device)."""
         for fn in self.rewards.values():
-            if callable(getattr(fn, "to", None)):
-                fn.to(device)
+            fn.to(device)
         return self
 
+    def close(self) -> None:
+        for fn in self.rewards.values():
+            fn.close()
 
-class ProxyGuided(RewardFunction):
+    def check_model(self, model: Any) -> None:
+        for fn in self.rewards.values():
+            fn.check_model(model)
+
+
+class ProxyGuided(Reward):
     """A reward paired with a differentiable proxy network, for gradient guidance (DPS).
 
     Decoding, selection and evaluation call ``reward`` on decoded samples; DPS follows the gradient
@@ -282,27 +341,37 @@ class ProxyGuided(RewardFunction):
         time: the diffusion time at which the proxy is called on x0_hat (0: clean).
     """
 
-    def __init__(self, reward: RewardFunction, proxy: Any, time: float = 0.0) -> None:
+    def __init__(self, reward: Reward, proxy: Any, time: float = 0.0) -> None:
         if isinstance(proxy, str):
             from ..checkpoints import load
 
             proxy = load(proxy)
+        reward = reward if isinstance(reward, Reward) else FunctionReward(reward)
         self.reward, self.proxy, self.time = reward, proxy.eval().requires_grad_(False), float(time)
-        self.name = getattr(reward, "name", "reward")
-        self.unit = getattr(reward, "unit", None)
+        self.name, self.unit = reward.name, reward.unit
 
     def __call__(self, samples: Sequence[Any]) -> Sequence[float]:
         return self.reward(samples)
 
-    def score_states(self, model: Any, x0: Any) -> torch.Tensor | None:
-        direct = getattr(self.reward, "score_states", None)
-        return None if direct is None else direct(model, x0)
+    @property
+    def reads_states(self) -> bool:
+        return self.reward.reads_states
 
-    def __getattr__(self, name: str) -> Any:
-        """``submit`` (background scoring) and ``close`` come from the reward when it has them."""
-        if name in ("submit", "close") and "reward" in self.__dict__:
-            return getattr(self.reward, name)
-        raise AttributeError(name)
+    @property
+    def scores_in_background(self) -> bool:
+        return self.reward.scores_in_background
+
+    def score_states(self, model: Any, x0: Any) -> torch.Tensor | None:
+        return self.reward.score_states(model, x0)
+
+    def submit(self, samples: Sequence[Any]) -> Callable[[], Sequence[float]] | None:
+        return self.reward.submit(samples)
+
+    def close(self) -> None:
+        self.reward.close()
+
+    def check_model(self, model: Any) -> None:
+        self.reward.check_model(model)
 
     def relaxed(self, x0: Any) -> torch.Tensor:
         """The proxy's value of relaxed clean states, differentiable in them (float32, autocast off)."""
@@ -311,10 +380,9 @@ class ProxyGuided(RewardFunction):
             return self.proxy(tree_map(as_float32, x0), torch.full((batch_size(x0),), self.time, device=device))
 
     def to(self, device: Any) -> "ProxyGuided":
-        """Move the proxy, and the reward when it holds networks."""
+        """Move the proxy and the reward's networks."""
         self.proxy.to(device)
-        if callable(getattr(self.reward, "to", None)):
-            self.reward.to(device)
+        self.reward.to(device)
         return self
 
 
@@ -325,6 +393,14 @@ def _describe(err: Exception, timeout: float | None) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def as_reward(reward: Reward | RewardFn, floor: float = 0.0) -> Reward:
-    """Wrap a plain batched callable as a :class:`Reward` (a Reward is returned unchanged)."""
-    return reward if isinstance(reward, Reward) else Reward(reward, floor=floor)
+def guard(reward: Reward | GuardedReward | RewardCallable,
+          floor: float = 0.0) -> GuardedReward:
+    """The :class:`GuardedReward` a run calls: a reward or plain batched function wrapped with ``floor``
+    (a GuardedReward is returned unchanged)."""
+    return reward if isinstance(reward, GuardedReward) else GuardedReward(reward, floor=floor)
+
+
+def __getattr__(name: str):
+    from ..renamed import module_getattr
+
+    return module_getattr(__name__, name)

@@ -11,7 +11,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
 from .model import DiffusionModel, Prediction
-from .reward import Reward, Scores
+from .reward import GuardedReward, Scores
 from .state import (State, batch_size, concat_rows, distinct_rows, index_rows, map_chunked, repeat_rows, slice_rows,
                     state_device)
 
@@ -69,7 +69,7 @@ class Run:
     and everything else on the whole batch.
     """
 
-    def __init__(self, model: DiffusionModel, reward: Reward, indices: Sequence[int],
+    def __init__(self, model: DiffusionModel, reward: GuardedReward, indices: Sequence[int],
                  chunk_size: int | None = None) -> None:
         if reward.floor != reward.floor:
             raise ValueError(f"reward {reward.name}: decoding needs a finite floor (a NaN floor keeps unscored samples)")
@@ -86,7 +86,7 @@ class Run:
         # a reward that scores in the background (``submit``: a per-sample function in worker processes, e.g.
         # ViennaRNA, RDKit) is exact per sample, so its scores are kept for the whole call: a sample met again
         # (an x0_hat repeated at a later step, a clean candidate that was an x0_hat) is not scored again
-        self.cache: dict | None = {} if callable(getattr(reward.fn, "submit", None)) else None
+        self.cache: dict | None = {} if reward.fn.scores_in_background else None
 
     def initial_state(self, generators: Sequence[torch.Generator]) -> State:
         """Prior states for k generators per sample (rows b*k .. b*k+k-1 are sample b's, e.g. Best-of-N's
@@ -215,15 +215,14 @@ class Run:
     @property
     def scores_in_background(self) -> bool:
         """Whether the reward scores decoded samples in worker processes (see :meth:`score_stream`)."""
-        return self.cache is not None and not (self._direct_scoring and
-                                               callable(getattr(self.reward.fn, "score_states", None)))
+        return self.cache is not None and not (self._direct_scoring and self.reward.fn.reads_states)
 
     def score_stream(self) -> "ScoreStream":
         return ScoreStream(self)
 
     def _score_states(self, x0: State) -> torch.Tensor | None:
         """The reward's ``score_states`` on x0 in chunks (each distinct row of a token tensor once), or None."""
-        if not self._direct_scoring or not callable(getattr(self.reward.fn, "score_states", None)):
+        if not self._direct_scoring or not self.reward.fn.reads_states:
             return None
         tokens = isinstance(x0, torch.Tensor) and not x0.is_floating_point()
         first, inverse = distinct_rows(x0) if tokens else (None, None)
@@ -248,7 +247,7 @@ class Run:
 
 class ScoreStream:
     """Rewards of clean states given chunk by chunk: each chunk is decoded and its new samples are handed to
-    the reward's worker processes at once (:meth:`Reward.submit`), so that scoring overlaps whatever the
+    the reward's worker processes at once (:meth:`GuardedReward.submit`), so that scoring overlaps whatever the
     caller does next; :meth:`result` waits and gives what :meth:`Run.score` gives on all the states."""
 
     def __init__(self, run: Run) -> None:

@@ -162,12 +162,12 @@ class _ListingFormatter(DefaultHelpFormatter):
 def _decode_epilog() -> str:
     from ..core.decoders import Decoder
     from ..core.model import DiffusionModel
-    from ..core.reward import RewardFunction
+    from ..core.reward import Reward
     from ..core.value import Value
 
     sections = [_listing("Decoding methods (model.methods: {name: {class_path, init_args}})", Decoder, True),
                 _listing("Values of SVDD and SMC (value)", Value, True),
-                _listing("Rewards and evaluation scores (model.reward, model.metrics, set_metrics)", RewardFunction, True),
+                _listing("Rewards and evaluation scores (model.reward, model.metrics, set_metrics)", Reward, True),
                 _listing("Diffusion models (model.model: a checkpoint directory, or a class_path)", DiffusionModel, True)]
     return ("\n\n".join(sections) + "\n\nAlso as command-line help: --model.reward.help CLASS, "
             "--model.model.help CLASS; and in docs/methods.md and the API reference (mkdocs).")

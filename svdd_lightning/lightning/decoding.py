@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import lightning as L
 import torch
@@ -23,10 +23,9 @@ from .. import checkpoints
 from ..core.decoders import Decoder
 from ..core.model import DiffusionModel
 from ..core.deadline import CallInterrupted
-from ..core.reward import DEFAULT_TIMEOUT, Reward, RewardFunction
+from ..core.reward import DEFAULT_TIMEOUT, GuardedReward, Reward
 from ..core.run import observe_steps
 from ..evaluation import SampleMetric, ScoreMetric
-from ..sequences import tokenize
 from ..seeds import sample_seed  # noqa: F401  (re-exported: it used to live here)
 from .fingerprint import describe
 
@@ -51,7 +50,7 @@ class DecodingModule(L.LightningModule):
     Args:
         model: checkpoint directory of the frozen pretrained diffusion model (or the model itself).
         reward: batched callable on decoded samples -> floats (the reward being optimised); in a
-            config a :class:`RewardFunction` (``FunctionReward`` wraps a plain function).
+            config a :class:`Reward` (``FunctionReward`` wraps a plain function).
         methods: name -> decoder, e.g. pretrained sampling, Best-of-N, SVDD-PM.
         metrics: name -> per-sample evaluation (independent oracle, ELBO), not used for decoding.
         reward_floor: reward given to samples the reward cannot score (it raised or gave NaN); a
@@ -67,7 +66,7 @@ class DecodingModule(L.LightningModule):
             null (never stop: a model expected to give only invalid samples at times, e.g. an untrained one).
     """
 
-    def __init__(self, model: str | DiffusionModel, reward: RewardFunction,
+    def __init__(self, model: str | DiffusionModel, reward: Reward,
                  methods: dict[str, Decoder], metrics: dict[str, SampleMetric] | None = None,
                  reward_floor: float = 0.0, seed: int = 0, model_args: dict | None = None,
                  reward_timeout: float | None = DEFAULT_TIMEOUT, max_failure_fraction: float | None = 1.0) -> None:
@@ -87,7 +86,7 @@ class DecodingModule(L.LightningModule):
             raise ValueError("model.model_args applies to a checkpoint path; set the arguments on the model object")
         self.model = checkpoints.load(model, overrides=model_args) if isinstance(model, str) else model
         self.model.eval().requires_grad_(False)
-        self.reward = Reward(reward, floor=reward_floor, timeout=reward_timeout)
+        self.reward = GuardedReward(reward, floor=reward_floor, timeout=reward_timeout)
         self.max_failure_fraction = max_failure_fraction
         self.methods = methods
         self.metrics = metrics or {}
@@ -101,7 +100,8 @@ class DecodingModule(L.LightningModule):
         #: receives each method's record of a batch as it finishes (set by DesignWriter); without
         #: one, predict_step returns the batch's records together
         self.record_sink: Callable[[dict[str, list]], None] | None = None
-        check_alphabets(self.model, {"model.reward": reward, **{f"model.metrics.{k}": m for k, m in self.metrics.items()}})
+        check_rewards(self.model, {"model.reward": self.reward, **{f"model.metrics.{k}": m.reward for k, m in
+                                                                    self.metrics.items() if isinstance(m, ScoreMetric)}})
 
     def method_settings(self, precision: str = "32-true", batch_size: int | None = None,
                         world_size: int = 1) -> dict[str, dict]:
@@ -116,7 +116,7 @@ class DecodingModule(L.LightningModule):
         settings = {}
         for name, decoder in self.methods.items():
             entry = {**shared, "method": describe(decoder, digests)}
-            if getattr(decoder, "batch_dependent", False):
+            if decoder.batch_dependent:
                 entry["batch"] = {"batch_size": batch_size, "world_size": world_size}
             settings[name] = entry
         return settings
@@ -130,12 +130,11 @@ class DecodingModule(L.LightningModule):
     def on_predict_start(self) -> None:
         """Rewards, metrics and value networks follow the model to the run's device."""
         for scorer in self._scorers():
-            if callable(getattr(scorer.fn, "to", None)):
-                scorer.fn.to(self.device)
+            scorer.fn.to(self.device)
         for decoder in self.methods.values():
             decoder.to(self.device)  # its values' networks (e.g. NetworkValue's), also inside refinement
 
-    def _scorers(self) -> list[Reward]:
+    def _scorers(self) -> list[GuardedReward]:
         """The run's reward and the evaluation metrics that score samples."""
         return [self.reward, *(m.reward for m in self.metrics.values() if isinstance(m, ScoreMetric))]
 
@@ -212,37 +211,14 @@ class DecodingModule(L.LightningModule):
                             f"written so far are kept")
 
 
-def _reward_parts(fn: Any, depth: int = 0) -> Iterator[Any]:
-    """A reward callable and the rewards it wraps (weighted sums, proxies, evaluation metrics)."""
-    yield fn
-    if depth > 4:
-        return
-    for key in ("fn", "reward", "function"):
-        inner = getattr(fn, key, None)
-        if inner is not None and inner is not fn and callable(inner):
-            yield from _reward_parts(inner, depth + 1)
-    inner_rewards = getattr(fn, "rewards", None)
-    if isinstance(inner_rewards, dict):
-        for inner in inner_rewards.values():
-            yield from _reward_parts(inner, depth + 1)
-
-
-def check_alphabets(model: Any, rewards: dict[str, Any]) -> None:
-    """Refuse, before any work, a reward whose ``alphabet`` cannot read the model's samples (a
-    sequence reward scoring every sample NaN)."""
-    symbols = getattr(model, "alphabet", None)
-    if not isinstance(symbols, str):
-        return
-    for field, reward in rewards.items():
-        for part in _reward_parts(reward):
-            alphabet = getattr(part, "alphabet", None)
-            if not isinstance(alphabet, str):
-                continue
-            unreadable = [c for c, token in zip(symbols, tokenize([symbols], alphabet)[0].tolist()) if token < 0]
-            if unreadable:
-                raise ValueError(f"{field}: {type(part).__name__}.alphabet {alphabet!r} cannot read the model's "
-                                 f"symbols {unreadable} (the model's alphabet is {symbols!r}); set it to the "
-                                 f"symbols, in order, that the reward was trained on")
+def check_rewards(model: DiffusionModel, scorers: dict[str, GuardedReward]) -> None:
+    """Refuse, before any work, a reward or metric that cannot read the model's samples
+    (:meth:`Reward.check_model`), in one line naming its field."""
+    for field, scorer in scorers.items():
+        try:
+            scorer.fn.check_model(model)
+        except ValueError as err:
+            raise ValueError(f"{field}: {err}") from None
 
 
 class _Indices(Dataset):

@@ -37,7 +37,7 @@ from torchmetrics import MeanMetric
 from .. import checkpoints
 from ..core.decoders import Decoder
 from ..core.model import DiffusionModel
-from ..core.reward import RewardFunction
+from ..core.reward import Reward
 from ..diffusion.masked import MaskedDiffusion
 from ..paths import find
 from ..sample_files import sample_files_for
@@ -305,7 +305,7 @@ def cache_fingerprint(module: Any, method: str, output_dir: Path, record: bool =
 
 
 @torch.no_grad()
-def generate_guided_samples(model: DiffusionModel, reward: RewardFunction, decoder: Decoder, output_dir: str | Path,
+def generate_guided_samples(model: DiffusionModel, reward: Reward, decoder: Decoder, output_dir: str | Path,
                             indices: list[int], seed: int, method: str = "guided", reward_floor: float = 0.0,
                             batch_size: int = 32, rank: int = 0, world_size: int = 1,
                             fingerprint: str | None = None) -> int:
@@ -392,7 +392,7 @@ class GuidedSamplesDataModule(L.LightningDataModule):
     """
 
     def __init__(self, model: str, samples: str | None = None, method: str | None = None,
-                 decoder: Decoder | None = None, reward: RewardFunction | None = None, reward_floor: float = 0.0,
+                 decoder: Decoder | None = None, reward: Reward | None = None, reward_floor: float = 0.0,
                  num_samples: int | None = None, val_samples: int = 64, cache_dir: str | None = None,
                  seed: int = 0, model_args: dict | None = None, alpha: float | None = None, batch_size: int = 64,
                  generate_batch_size: int = 32, anchor_data: L.LightningDataModule | None = None) -> None:

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Sequen
 from .. import checkpoints
 from ..core.decoders import ancestral
 from ..core.model import DiffusionModel
-from ..core.reward import Reward, RewardFn, RewardFunction, as_reward
+from ..core.reward import GuardedReward, Reward, RewardCallable, guard
 from ..core.run import Run
 from ..core.state import State, batch_size, concat_rows, index_rows
 from ..paths import find
@@ -83,7 +83,7 @@ def _flatten(model: DiffusionModel, parts: list[tuple[int, Tensor, State]], rewa
 
 
 @torch.no_grad()
-def generate_rollouts(model: DiffusionModel, reward: Reward | RewardFn, indices: Sequence[int], seed: int,
+def generate_rollouts(model: DiffusionModel, reward: Reward | RewardCallable, indices: Sequence[int], seed: int,
                       levels_per_rollout: int, chunk_size: int | None = None) -> dict[str, Tensor]:
     """Roll out the frozen model once per index and keep ``levels_per_rollout`` states of each.
 
@@ -107,14 +107,14 @@ def generate_rollouts(model: DiffusionModel, reward: Reward | RewardFn, indices:
         keep(level, x, parts, level)
         keep(level, x, successors, level - 1)  # x_k is the successor of a state kept at level k - 1
 
-    run = Run(model, as_reward(reward), indices, chunk_size)
+    run = Run(model, guard(reward), indices, chunk_size)
     x0 = ancestral(run, run.initial_state(generators), generators, on_level=on_level)
     keep(model.num_steps, x0, successors, model.num_steps - 1)
     return _flatten(model, parts, run.score(x0).cpu(), indices, successors)
 
 
 @torch.no_grad()
-def forward_noised_pairs(model: DiffusionModel, reward: Reward | RewardFn, samples_x0: State, indices: Sequence[int],
+def forward_noised_pairs(model: DiffusionModel, reward: Reward | RewardCallable, samples_x0: State, indices: Sequence[int],
                          seed: int, levels_per_rollout: int) -> dict[str, Tensor]:
     """Remark 1: pairs (x_t ~ q(x_t | x_0), t, r(x_0)) from given clean states, row j being sample ``indices[j]``.
 
@@ -129,7 +129,7 @@ def forward_noised_pairs(model: DiffusionModel, reward: Reward | RewardFn, sampl
         rows = (levels == level).any(dim=1).nonzero().squeeze(1)
         noised = model.forward_noise(index_rows(samples_x0, rows), level, [generators[b] for b in rows.tolist()])
         parts.append((level, rows, _to_cpu(noised)))
-    rewards = as_reward(reward)(model.decode(samples_x0))
+    rewards = guard(reward)(model.decode(samples_x0))
     return _flatten(model, parts, rewards, indices)
 
 
@@ -172,7 +172,7 @@ class RolloutDataModule(L.LightningDataModule):
             ``num_steps``: roll out the chain the decoder will run); only with a checkpoint path.
     """
 
-    def __init__(self, model: str | DiffusionModel, reward: RewardFunction, num_rollouts: int = 4096, val_rollouts: int = 512,
+    def __init__(self, model: str | DiffusionModel, reward: Reward, num_rollouts: int = 4096, val_rollouts: int = 512,
                  levels_per_rollout: int = 16, shard_size: int = 256, cache_dir: str | None = None, seed: int = 0,
                  batch_size: int = 256, reward_floor: float = 0.0, source: str = "rollouts",
                  samples: str | None = None, chunk_size: int | None = None, model_args: dict | None = None) -> None:
@@ -190,7 +190,7 @@ class RolloutDataModule(L.LightningDataModule):
         if model_args and not isinstance(model, str):
             raise ValueError("data.model_args applies to a checkpoint path; set the arguments on the model object")
         self.model = model
-        self.reward = Reward(reward, floor=reward_floor)
+        self.reward = GuardedReward(reward, floor=reward_floor)
         self.num_rollouts, self.val_rollouts = num_rollouts, val_rollouts
         self.levels_per_rollout, self.shard_size = levels_per_rollout, shard_size
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -301,7 +301,7 @@ class RolloutDataModule(L.LightningDataModule):
     def _load_pretrained(self) -> DiffusionModel:
         """The frozen model, in eval mode without gradients, on the trainer's device (CPU without one).
 
-        A reward holding a network (one with a ``to`` method) follows it to that device.
+        The reward's networks follow it to that device (:meth:`Reward.to`).
         """
         if self.pretrained is None:
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
@@ -310,8 +310,7 @@ class RolloutDataModule(L.LightningDataModule):
             else:
                 self.pretrained = self.model.to(device)
             self.pretrained.eval().requires_grad_(False)
-            if callable(getattr(self.reward.fn, "to", None)):
-                self.reward.fn.to(device)
+            self.reward.fn.to(device)
         return self.pretrained
 
     def _clean_samples(self) -> Tensor:

@@ -5,12 +5,12 @@ from typing import Sequence
 
 import torch
 
-from svdd_lightning import RewardFunction
+from svdd_lightning import Reward
 
 from .data import AMINO_ACIDS, MarkovPeptides
 
 
-class NetCharge(RewardFunction):
+class NetCharge(Reward):
     """Net charge at neutral pH: (K + R) - (D + E) per peptide, a non-differentiable reward.
 
     Args:
@@ -27,7 +27,7 @@ class NetCharge(RewardFunction):
                 if set(p) <= set(AMINO_ACIDS) else None for p in peptides]
 
 
-class MarkovLogLikelihood(RewardFunction):
+class MarkovLogLikelihood(Reward):
     """How natural a peptide is: its log-likelihood (nats) under the chain that generated the training data."""
 
     name = "data_log_likelihood"

@@ -19,7 +19,7 @@ at once by a single ``conv1d`` over the one-hot batch.
   ``threshold``; the reward is the sum over motifs. Overlapping windows each count.
 
 A sequence with a character outside ACGT (case-insensitive), or an empty one, scores NaN (the
-``Reward`` wrapper floors it); the other samples in the batch are unaffected. A motif longer than a
+run floors it); the other samples in the batch are unaffected. A motif longer than a
 sequence contributes 0 for that sequence.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...core.reward import RewardFunction
+from ...core.reward import Reward
 from ...extras import require
 
 LIVER_MOTIF_IDS: tuple[str, ...] = ("MA0114.5", "MA0046.3", "MA0102.5", "MA0047.4")
@@ -83,7 +83,7 @@ def _fetch_counts(release: str, motif_ids: Sequence[str]) -> list[tuple[str, np.
     return [(name, counts.copy()) for name, counts in (_CACHE[(release, m)] for m in motif_ids)]
 
 
-class JasparMotifReward(RewardFunction):
+class JasparMotifReward(Reward):
     """Batched motif-match reward over DNA strings; see the module docstring for the scoring.
 
     Args:

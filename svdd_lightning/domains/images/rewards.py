@@ -27,7 +27,7 @@ from torch import nn
 
 from ... import checkpoints
 from ...core.precision import float32_scoring
-from ...core.reward import RewardFunction
+from ...core.reward import Reward
 from ...core.workers import ChunkedWorkers
 from ...extras import require
 
@@ -67,7 +67,7 @@ def _jpeg_chunk(images: list[np.ndarray], quality: int) -> list[float]:
     return [jpeg_kilobytes(image, quality) for image in images]
 
 
-class Compressibility(RewardFunction):
+class Compressibility(Reward):
     """DDPO's JPEG compressibility: -(size in kB of the uint8 image saved as JPEG at ``quality``).
 
     ``processes`` > 1 encodes batches of at least 32 images in worker processes (:class:`ChunkedWorkers`).
@@ -99,7 +99,7 @@ class Compressibility(RewardFunction):
         self.workers.close()
 
 
-class NetworkImageReward(RewardFunction):
+class NetworkImageReward(Reward):
     """A reward computed by torch networks on image batches: scored in chunks without gradients, or
     differentiably by :meth:`relaxed`."""
 
@@ -261,7 +261,7 @@ class ClassifierConfidence(ClassifierLogProb):
         return torch.softmax(self.network(images.to(self._device()).float()).float(), dim=-1).amax(dim=-1)
 
 
-class InkFraction(RewardFunction):
+class InkFraction(Reward):
     """Fraction of pixels brighter than ``threshold`` (mean over channels): 0 for a blank image, 0.10 on
     average for an MNIST digit padded to 32 x 32, near 0.5 for uniform noise.
 

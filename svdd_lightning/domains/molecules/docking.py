@@ -27,7 +27,7 @@ from typing import Any, Sequence
 from rdkit import Chem, RDLogger
 from rdkit.Chem import AllChem
 
-from ...core.reward import RewardFunction
+from ...core.reward import Reward
 from ...extras import require
 from ...paths import find
 from .rewards import canonical
@@ -111,7 +111,7 @@ class _Worker:
     deadline: float = math.inf
 
 
-class VinaDocking(RewardFunction):
+class VinaDocking(Reward):
     """Reward max(0, -Vina score) of a molecule docked into a receptor's box; None when it cannot be docked.
 
     ``receptor`` is a PDBQT file; ``target`` (one of :data:`TARGET_BOXES`) gives the box, and the receptor

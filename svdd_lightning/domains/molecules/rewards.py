@@ -15,7 +15,7 @@ from rdkit import Chem, rdBase
 from rdkit.Chem import QED as RDKitQED
 from rdkit.Contrib.SA_Score import sascorer
 
-from ...core.reward import RewardFunction
+from ...core.reward import Reward
 from ...core.workers import ChunkedWorkers
 from ...paths import find
 
@@ -50,7 +50,7 @@ def _score_chunk(score: Callable[[str], float | None], smiles: list[str]) -> lis
     return [score(s) for s in smiles]
 
 
-class _RDKitReward(RewardFunction):
+class _RDKitReward(Reward):
     """A per-molecule RDKit score over a list of SMILES, optionally over ``processes`` worker processes
     (:class:`ChunkedWorkers`: batches of at least 128 molecules, 64 or more per task)."""
 
@@ -95,7 +95,7 @@ class SA(_RDKitReward):
     score = staticmethod(sa_score)
 
 
-class Valid(RewardFunction):
+class Valid(Reward):
     """1 for a valid molecule, 0 for an invalid one: the per-sample ``valid`` column of a run."""
 
     name = "valid"

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...core.reward import RewardFunction
+from ...core.reward import Reward
 from ...extras import require
 from ...sequences import tokenize
 
@@ -101,7 +101,7 @@ def load_optimus5prime(path: str | Path) -> Optimus5Prime:
     return model
 
 
-class OptimusScore(RewardFunction):
+class OptimusScore(Reward):
     """Optimus 5-Prime's z-scored MRL prediction for 50-nt 5'UTRs (ACGU or ACGT, any case).
 
     A sequence of another length or with a symbol outside ACGT/U scores NaN.

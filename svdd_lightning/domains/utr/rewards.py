@@ -12,7 +12,7 @@ import math
 from functools import partial
 from typing import Callable, Sequence
 
-from ...core.reward import RewardFunction
+from ...core.reward import Reward
 from ...core.workers import ChunkedWorkers
 from ...extras import require
 
@@ -34,13 +34,13 @@ def _fold_chunk(sequences: Sequence[str], temperature: float) -> list[float]:
     return [_fold_energy(s, temperature) for s in sequences]
 
 
-class MinimumFreeEnergy(RewardFunction):
+class MinimumFreeEnergy(Reward):
     """Stability reward: -MFE, in kcal/mol (ViennaRNA 2, Turner 2004 parameters, ``temperature`` °C).
 
     The sign makes a more stable structure score higher; an unfolded sequence scores 0 and 50-nt
     human 5'UTRs score 0 to about 30. ``per_nucleotide`` divides by the length (kcal/mol per nt),
     to compare lengths. ``processes`` > 1 folds in a pool of worker processes (about 1 ms per 50-nt
-    sequence on one core). Symbols outside ACGU/ACGT score NaN (floored by :class:`Reward`).
+    sequence on one core). Symbols outside ACGU/ACGT score NaN (the run floors them).
 
     Args:
         temperature: folding temperature in °C.
@@ -75,7 +75,7 @@ class MinimumFreeEnergy(RewardFunction):
         self.workers.close()
 
 
-class UpstreamAUGs(RewardFunction):
+class UpstreamAUGs(Reward):
     """Count of AUG (or ATG) triplets in each 5'UTR, overlapping occurrences included."""
 
     name = "upstream_augs"
