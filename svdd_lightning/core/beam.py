@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch.utils._pytree import tree_flatten
 
-from .decoders import Decoder, expand, repeat_each, soft_value
+from .decoders import Decoder
+from .steps import expand, repeat_each, soft_value
 from .rollout_values import LookaheadValue
 from .run import Candidates, Run
 from .state import State, repeat_rows

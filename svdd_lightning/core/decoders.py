@@ -1,5 +1,6 @@
 """Decoders: pretrained sampling, Best-of-N, SVDD (Algorithm 1), SMC (Algorithm 4) and DPS; beam search,
-nested-IS SMC and refinement live in ``beam.py``, ``nested_is.py`` and ``refinement.py`` on the same helpers.
+nested-IS SMC and refinement live in ``beam.py``, ``nested_is.py`` and ``refinement.py``; all are written in
+the steps of ``steps.py``.
 
 Every decoder draws one sample per generator; a sample's randomness comes only from its own
 generator (SMC excepted: its particles interact through resampling across the batch).
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch.utils._pytree import tree_map
@@ -23,8 +24,9 @@ from torch.utils._pytree import tree_map
 from .model import DiffusionModel
 from .reward import Reward, RewardCallable, guard
 from .run import Candidates, DecodeStats, Run
-from .selection import effective_sample_size, resample, select_candidates
+from .selection import select_candidates
 from .state import State, index_rows, repeat_rows
+from .steps import ancestral, condition_populations, expand, resample_populations, soft_value, spawn_generators
 from .value import Value
 
 
@@ -37,15 +39,6 @@ class DecodeResult:
     reward_errors: int = 0  #: samples on which the reward function raised (each also a reward failure)
     last_reward_error: str | None = None
     reward_failure_causes: dict[str, int] = field(default_factory=dict)  #: floored evaluations by cause
-
-
-def spawn_generators(generators: Sequence[torch.Generator], n: int) -> list[torch.Generator]:
-    """n child generators per generator, in row order b*n + j, seeded from the parent alone."""
-    children = []
-    for g in generators:
-        for seed in torch.randint(0, 2**62, (n,), generator=g).tolist():
-            children.append(torch.Generator().manual_seed(seed))
-    return children
 
 
 class Decoder(ABC):
@@ -97,23 +90,6 @@ class PretrainedSampling(Decoder):
 
     def decode_from(self, run: Run, x: State, level: int, generators: list[torch.Generator]) -> State:
         return ancestral(run, x, generators, level=level)
-
-
-def ancestral(run: Run, x: State, generators: list[torch.Generator],
-              on_level: Callable[[int, State], None] | None = None, level: int = 0) -> State:
-    """Run the pretrained chain from ``level`` to the clean level; ``on_level(k, x_k)`` sees every state."""
-    return advance(run, Candidates(run, x, level), run.model.num_steps, generators, on_level).x
-
-
-def advance(run: Run, current: Candidates, stop: int, generators: list[torch.Generator],
-            on_level: Callable[[int, State], None] | None = None) -> Candidates:
-    """Step the pretrained chain (one proposal per row, row b from ``generators[b]``) up to level ``stop``."""
-    for level in range(current.level, stop):
-        if on_level is not None:
-            on_level(level, current.x)
-        x_next = run.propose(current.x, current.prediction, level, generators, 1)
-        current = Candidates(run, x_next, level + 1, parent=(current.x, current.prediction), generators=generators)
-    return current
 
 
 class BestOfN(Decoder):
@@ -194,34 +170,6 @@ class SVDD(Decoder):
         return current.x
 
 
-def expand(run: Run, current: Candidates, stop: int, generators: list[torch.Generator], m: int) -> Candidates:
-    """M candidates per row of ``current`` (rows b*M .. b*M+M-1 are row b's) drawn from p_pre up to level
-    ``stop``: one step for all rows in one batched call (row b with ``generators[b]``), then each candidate
-    alone, with its own child generator, to ``stop`` (selection every ``stop - level`` steps)."""
-    level = current.level
-    proposals = run.propose(current.x, current.prediction, level, generators, m)
-    parent = (repeat_rows(current.x, m), repeat_rows(current.prediction, m))
-    candidates = Candidates(run, proposals, level + 1, parent=parent, generators=repeat_each(generators, m))
-    if stop > level + 1:
-        candidates = advance(run, candidates, stop, spawn_generators(generators, m))
-    return candidates
-
-
-def soft_value(value: Value, candidates: Candidates) -> torch.Tensor:
-    """v(x_k): the value function, or the reward itself for clean states."""
-    return candidates.run.score(candidates.x) if candidates.is_clean else value(candidates)
-
-
-def condition_populations(run: Run) -> list[torch.Tensor]:
-    """Row indices of each condition's samples (all rows for an unconditional model): SMC's populations."""
-    return [(run.conditions == c).nonzero().squeeze(1) for c in run.conditions.unique()]
-
-
-def repeat_each(generators: Sequence[torch.Generator], times: int) -> list[torch.Generator]:
-    """Each sample's generator for each of its ``times`` rows (rows b*times .. b*times+times-1 share it)."""
-    return [g for g in generators for _ in range(times)]
-
-
 class SMC(Decoder):
     """Sequential Monte Carlo over the batch (paper, Appendix A, Algorithm 4; FK steering's potentials).
 
@@ -267,7 +215,7 @@ class SMC(Decoder):
         self.resampling, self.potential = resampling, potential
 
     def decode_from(self, run: Run, x: State, level: int, generators: list[torch.Generator]) -> State:
-        model, n = run.model, len(generators)
+        model = run.model
         populations = condition_populations(run)
         current = Candidates(run, x, level, generators=generators)
         path = soft_value(self.value, current).double().cpu()  # v at the last resampling, or the path's max / sum
@@ -281,12 +229,10 @@ class SMC(Decoder):
             else:
                 path = torch.maximum(path, value) if self.potential == "max" else path + value
                 log_w = path / self.alpha
-            ancestors, last = torch.arange(n), level + 1 == model.num_steps
-            for rows in populations:
-                if last or effective_sample_size(log_w[rows]) < self.ess_threshold * len(rows) + 1e-9:
-                    ancestors[rows] = rows[resample(log_w[rows], generators[int(rows[0])], self.resampling)]
-                    if self.potential == "difference":
-                        path[rows] = value[rows]  # the survivors' weights restart from their values
+            ancestors, resampled = resample_populations(log_w, populations, generators, self.ess_threshold,
+                                                        self.resampling, force=level + 1 == model.num_steps)
+            if self.potential == "difference":
+                path[resampled] = value[resampled]  # the survivors' weights restart from their values
             current, path = current.take(ancestors), path[ancestors]
         return current.x
 

@@ -5,9 +5,10 @@ import math
 
 import torch
 
-from .decoders import Decoder, condition_populations, expand, soft_value
+from .decoders import Decoder
 from .run import Candidates, Run
-from .selection import effective_sample_size, resample, select_candidates
+from .selection import select_candidates
+from .steps import condition_populations, expand, resample_populations, soft_value
 from .state import State
 from .value import Value
 
@@ -63,10 +64,8 @@ class NestedIS(Decoder):
             log_w += torch.logsumexp(values / alpha, dim=1) - math.log(m) - value / alpha
             current, value = candidates.take(torch.arange(n) * m + chosen), values[torch.arange(n), chosen]
             # 3. resampling within each population
-            ancestors, last = torch.arange(n), stop == run.model.num_steps
-            for rows in populations:
-                if last or effective_sample_size(log_w[rows]) < self.ess_threshold * len(rows) + 1e-9:
-                    ancestors[rows] = rows[resample(log_w[rows], generators[int(rows[0])], self.resampling)]
-                    log_w[rows] = 0.0
+            ancestors, resampled = resample_populations(log_w, populations, generators, self.ess_threshold,
+                                                        self.resampling, force=stop == run.model.num_steps)
+            log_w[resampled] = 0.0
             current, value, log_w = current.take(ancestors), value[ancestors], log_w[ancestors]
         return current.x

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from .decoders import advance, soft_value
+from .steps import advance, soft_value
 from .run import Candidates
 from .value import Value
 

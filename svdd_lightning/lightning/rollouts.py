@@ -26,7 +26,7 @@ from torch.utils._pytree import tree_map
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from .. import checkpoints
-from ..core.decoders import ancestral
+from ..core.steps import ancestral
 from ..core.model import DiffusionModel
 from ..core.reward import GuardedReward, Reward, RewardCallable, guard
 from ..core.run import Run
