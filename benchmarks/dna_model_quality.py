@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from svdd_lightning import PretrainedSampling, checkpoints  # noqa: E402
 from svdd_lightning.domains.dna.data import encode_dna, read_regions  # noqa: E402
-from svdd_lightning.sequence_metrics import kmer_correlation  # noqa: E402
+from svdd_lightning.domains.sequences.metrics import kmer_correlation  # noqa: E402
 
 
 def gc(seqs: list[str]) -> float:

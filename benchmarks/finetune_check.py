@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.finetune import decode  # noqa: E402
 from svdd_lightning.lightning.finetuning import read_decode_run  # noqa: E402
-from svdd_lightning.sequence_metrics import kmer_frequencies, pearson, read_fasta  # noqa: E402
+from svdd_lightning.domains.sequences.metrics import kmer_frequencies, pearson  # noqa: E402
+from svdd_lightning.sample_files import read_fasta  # noqa: E402
 from svdd_lightning.threads import machine_record  # noqa: E402
 
 ARMS = {"svdd_pm_from_pretrained": (0, "svdd_pm"), "finetuned_1x": (None, "pretrained")}

@@ -135,7 +135,7 @@ def head_to_head(paths: dict, tiny: bool, batch: int, device: torch.device) -> d
 
     from svdd_lightning import SVDD, PosteriorMeanValue, checkpoints
     from svdd_lightning.core.reward import GuardedReward
-    from svdd_lightning.oracle_reward import OracleReward
+    from svdd_lightning.domains.sequences.oracle import OracleReward
 
     model = checkpoints.load(paths["mdlm"]).eval().requires_grad_(False).to(device)
     oracle = OracleReward(str(paths["reward"])).to(device)

@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 from svdd_lightning import PretrainedSampling, checkpoints  # noqa: E402
 from svdd_lightning.domains.utr.data import UTRDataModule, encode_rna  # noqa: E402
 from svdd_lightning.domains.utr.rewards import MinimumFreeEnergy, UpstreamAUGs  # noqa: E402
-from svdd_lightning.oracle_reward import OracleReward  # noqa: E402
-from svdd_lightning.sequence_metrics import GCContent, kmer_correlation  # noqa: E402
+from svdd_lightning.domains.sequences.oracle import OracleReward  # noqa: E402
+from svdd_lightning.domains.sequences.metrics import GCContent, kmer_correlation  # noqa: E402
 
 
 def mean(values: list[float]) -> float:

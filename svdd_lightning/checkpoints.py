@@ -5,9 +5,10 @@ sub-modules) and ``model.safetensors``. Loading one never unpickles and never ca
 only constructs *loadable* classes, i.e. :class:`Configurable` subclasses defined in a trusted
 package. ``svdd_lightning`` is trusted; a user's own package becomes trusted through
 
-- an entry point in its ``pyproject.toml`` (nothing to call at run time)::
+- an entry point in its ``pyproject.toml`` (nothing to call at run time), the group the built-in domains
+  register in (the CLIs then also list the package's classes)::
 
-      [project.entry-points."svdd_lightning.checkpoints"]
+      [project.entry-points."svdd_lightning.domains"]
       my_package = "my_package"
 
 - :func:`trust` (``checkpoints.trust("my_package")``) or ``load(..., trusted_packages=["my_package"])``;
@@ -35,7 +36,8 @@ from torch import nn
 from .paths import find
 from .renamed import RENAMED
 
-ENTRY_POINT_GROUP = "svdd_lightning.checkpoints"
+ENTRY_POINT_GROUP = "svdd_lightning.domains"
+_EARLIER_GROUP = "svdd_lightning.checkpoints"  # the group's earlier name, still read for trust
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 _TRUSTED: set[str] = {"svdd_lightning"}
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
@@ -52,8 +54,8 @@ def trust(*packages: str) -> None:
 
 @lru_cache(maxsize=1)
 def _entry_point_packages() -> frozenset[str]:
-    """Packages that installed distributions declare loadable (entry point group ``svdd_lightning.checkpoints``)."""
-    return frozenset(ep.module for ep in entry_points(group=ENTRY_POINT_GROUP))
+    """Packages that installed distributions declare (entry point group ``svdd_lightning.domains``)."""
+    return frozenset(ep.module for group in (ENTRY_POINT_GROUP, _EARLIER_GROUP) for ep in entry_points(group=group))
 
 
 def trusted_packages(extra: Iterable[str] = ()) -> frozenset[str]:

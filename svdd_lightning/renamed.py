@@ -10,13 +10,24 @@ RENAMED: dict[str, str] = {
     "svdd_lightning.core.reward.RewardFunction": "svdd_lightning.core.reward.Reward",
     "svdd_lightning.as_reward": "svdd_lightning.core.reward.guard",
     "svdd_lightning.core.reward.as_reward": "svdd_lightning.core.reward.guard",
+    "svdd_lightning.oracle_reward.OracleReward": "svdd_lightning.domains.sequences.oracle.OracleReward",
+    **{f"svdd_lightning.sequence_metrics.{name}": f"svdd_lightning.domains.sequences.metrics.{name}"
+       for name in ("KmerCorrelation", "GCContent", "kmer_frequencies", "kmer_correlation", "pearson")},
+    "svdd_lightning.sequence_metrics.read_fasta": "svdd_lightning.sample_files.read_fasta",
+    **{f"svdd_lightning.sequences.{name}": f"svdd_lightning.diffusion.tokens.{name}"
+       for name in ("tokenize", "encode", "one_hot")},
+    **{f"svdd_lightning.lightning.training.{name}": f"svdd_lightning.domains.sequences.training.{name}"
+       for name in ("MaskedDiffusionPretraining", "SequenceClassifierTraining")},
+    "svdd_lightning.lightning.training.SequenceRegressorTraining": "svdd_lightning.lightning.training.RegressorTraining",
+    "svdd_lightning.lightning.finetuning.FineTuningObjective": "svdd_lightning.core.objective.FineTuningObjective",
+    "svdd_lightning.lightning.finetuning.MaskedDiffusionObjective": "svdd_lightning.diffusion.masked.MaskedDiffusionObjective",
 }
 _DOTTED = re.compile(r"svdd_lightning(?:\.\w+)+")
 
 
 def message(old: str) -> str:
     """The one line for a moved name."""
-    return f"{old} was renamed {RENAMED[old]}: use the new name"
+    return f"{old} is now {RENAMED[old]}: use the new name"
 
 
 def refuse_renamed(texts: Iterable[tuple[str, str]]) -> None:

@@ -1,4 +1,5 @@
-"""How a decoding run writes one method's samples: FASTA for sequences, JSON lines by default.
+"""How a decoding run writes one method's samples: FASTA for sequences, JSON lines by default; and the
+reading of FASTA files (designs and reference sets).
 
 A model chooses its files with a ``sample_files()`` method (a masked sequence model returns
 :class:`FastaFiles`; a domain's model its own, e.g. SMILES and drawings for molecules); a model
@@ -7,6 +8,7 @@ A config's ``writer.sample_files`` overrides both.
 """
 from __future__ import annotations
 
+import gzip
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -14,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .paths import find
 
 
 class SampleFiles(ABC):
@@ -53,6 +57,27 @@ class FastaFiles(SampleFiles):
         with open(output_dir / f"{method}.fasta", "w") as handle:
             for r in rows:
                 handle.write(f">{method}_{r['index']} reward={r['reward']:.4f}\n{r['sample']}\n")
+
+
+def read_fasta(path: str | Path) -> list[str]:
+    """Sequences of a FASTA file (optionally gzipped)."""
+    path = find(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no FASTA file at {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    sequences, current = [], []
+    with opener(path, "rt") as handle:
+        for line in handle:
+            line = line.strip()
+            if line.startswith(">"):
+                if current:
+                    sequences.append("".join(current))
+                current = []
+            elif line:
+                current.append(line)
+    if current:
+        sequences.append("".join(current))
+    return sequences
 
 
 class JsonlFiles(SampleFiles):

@@ -87,8 +87,8 @@ def training_cases() -> dict[str, tuple[Callable, Callable[[torch.Generator], tu
     from svdd_lightning.domains.images.networks import ImageValueCNN, MNISTClassifier
     from svdd_lightning.domains.images.training import DenoisingPretraining, ImageClassifierTraining
     from svdd_lightning.domains.molecules.training import GraphScorePretraining
-    from svdd_lightning.lightning.training import (MaskedDiffusionPretraining, SequenceClassifierTraining,
-                                                   SequenceRegressorTraining, ValueRegression)
+    from svdd_lightning.domains.sequences.training import MaskedDiffusionPretraining, SequenceClassifierTraining
+    from svdd_lightning.lightning.training import RegressorTraining, ValueRegression
 
     def enformer(**kw):
         return EnformerStyleClassifier(seq_len=16, stem_channels=8, stem_pool=2, tower_channels=(8,),
@@ -119,7 +119,7 @@ def training_cases() -> dict[str, tuple[Callable, Callable[[torch.Generator], tu
                             lambda g: (tokens(4, 16)(g), torch.randint(0, 2, (), generator=g).float())),
         "oracle_conv": (lambda: SequenceClassifierTraining(ConvClassifier(channels=(8,), kernel_sizes=(5,), hidden=8)),
                         lambda g: (tokens(4, 16)(g), torch.randint(0, 2, (), generator=g).float())),
-        "oracle_convgru": (lambda: SequenceRegressorTraining(ConvGRU(channels=(8,), hidden=8)),
+        "oracle_convgru": (lambda: RegressorTraining(ConvGRU(channels=(8,), hidden=8)),
                            lambda g: (tokens(4, 12)(g), torch.randn((), generator=g))),
         "ddpm_unet": (lambda: DenoisingPretraining(tiny_unet_model(), warmup_steps=1),
                       lambda g: (image(g) * 2 - 1, torch.zeros((), dtype=torch.long))),

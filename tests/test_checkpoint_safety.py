@@ -226,11 +226,11 @@ def test_user_classes_load_once_their_package_is_trusted(user_package, tmp_path)
 
 def test_user_package_trusted_by_an_entry_point(user_package, tmp_path, monkeypatch):
     """What an installed package declares in its pyproject.toml:
-    ``[project.entry-points."svdd_lightning.checkpoints"] labmodels = "labmodels"``."""
+    ``[project.entry-points."svdd_lightning.domains"] labmodels = "labmodels"``."""
     dist = tmp_path / "site" / "labmodels-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: labmodels\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[svdd_lightning.checkpoints]\nlabmodels = labmodels\n")
+    (dist / "entry_points.txt").write_text("[svdd_lightning.domains]\nlabmodels = labmodels\n")
     checkpoints._entry_point_packages.cache_clear()
     assert "labmodels" in checkpoints.trusted_packages()
     net = user_package.Scorer(width=2).eval()
@@ -304,7 +304,7 @@ def test_trusted_packages_on_the_command_line_apply_before_any_object_is_built(u
 
 
 def test_the_example_package_is_loadable_through_its_entry_point():
-    """examples/peptide_svdd declares ``[project.entry-points."svdd_lightning.checkpoints"]``; once installed
+    """examples/peptide_svdd declares ``[project.entry-points."svdd_lightning.domains"]``; once installed
     (CI installs it), its shipped checkpoints load with no trust given in code."""
     import importlib.metadata
 

@@ -16,7 +16,7 @@ from svdd_lightning.lightning.cli import main_decode, main_train
 for name, main, args in [("train", main_train, ["fit", "--help"]), ("decode", main_decode, ["--help"]),
                          ("predict", main_decode, ["predict", "--help"]),
                          ("reward", main_decode, ["predict", "--model.reward.help",
-                                                  "svdd_lightning.oracle_reward.OracleReward"])]:
+                                                  "svdd_lightning.domains.sequences.oracle.OracleReward"])]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         try:
@@ -51,7 +51,7 @@ def test_decode_offers_predict_only_without_optimizer_options(helps):
 def test_decode_help_lists_shipped_classes_with_parameter_descriptions(helps):
     text = helps["predict"]
     for path in ("svdd_lightning.core.decoders.SVDD", "svdd_lightning.core.value.NetworkValue",
-                 "svdd_lightning.oracle_reward.OracleReward", "svdd_lightning.domains.utr.rewards.MinimumFreeEnergy",
+                 "svdd_lightning.domains.sequences.oracle.OracleReward", "svdd_lightning.domains.utr.rewards.MinimumFreeEnergy",
                  "svdd_lightning.diffusion.masked.MaskedDiffusion"):
         assert f"  {path}\n      " in text, path  # listed with its summary on the next line
     assert "num_candidates=10: M, candidates drawn" in text  # SVDD's parameters with their descriptions

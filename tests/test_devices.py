@@ -17,7 +17,7 @@ from svdd_lightning.core.reward import FunctionReward, ProxyGuided, WeightedSum
 from svdd_lightning.core.selection import resample, select_candidates
 from svdd_lightning.evaluation import ELBOMetric, ScoreMetric
 from svdd_lightning.lightning.decoding import DecodingModule
-from svdd_lightning.oracle_reward import OracleReward
+from svdd_lightning.domains.sequences.oracle import OracleReward
 
 
 def methods(value_network: nn.Module, m: int = 3) -> dict:

@@ -12,9 +12,9 @@ import torch
 from svdd_lightning import checkpoints
 from svdd_lightning.diffusion import DilatedConvDenoiser, MaskedDiffusion
 from svdd_lightning.domains.dna.data import DNARegionsDataModule, encode_dna, read_regions
-from svdd_lightning.sequence_metrics import KmerCorrelation, kmer_frequencies
+from svdd_lightning.domains.sequences.metrics import KmerCorrelation, kmer_frequencies
 from svdd_lightning.domains.dna.oracles import ConvClassifier, EnformerStyleClassifier
-from svdd_lightning.oracle_reward import OracleReward
+from svdd_lightning.domains.sequences.oracle import OracleReward
 
 from tiny_dna import (LENGTH, METHODS, build_tiny_checkpoints, cli_error, decode_args, read_samples, run_cli, run_main,
                       write_regions)

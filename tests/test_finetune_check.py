@@ -5,7 +5,7 @@ import importlib.util
 
 import pytest
 
-from svdd_lightning.sequence_metrics import kmer_correlation
+from svdd_lightning.domains.sequences.metrics import kmer_correlation
 from tiny_dna import ROOT
 
 _spec = importlib.util.spec_from_file_location("finetune_check", ROOT / "benchmarks" / "finetune_check.py")

@@ -18,7 +18,8 @@ from svdd_lightning.evaluation import ELBOMetric
 from svdd_lightning.lightning.decoding import DecodingModule
 from svdd_lightning.lightning.expert_iteration import (compose, expert_iteration, parse_schedule, read_configs,
                                                      scheduled_args)
-from svdd_lightning.lightning.finetuning import (GuidedFineTuning, GuidedSamplesDataModule, MaskedDiffusionObjective,
+from svdd_lightning.diffusion.masked import MaskedDiffusionObjective
+from svdd_lightning.lightning.finetuning import (GuidedFineTuning, GuidedSamplesDataModule,
                                                  generate_guided_samples, read_decode_run, reward_weights)
 from svdd_lightning.lightning.training import ExportBest
 

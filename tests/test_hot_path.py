@@ -74,7 +74,7 @@ def test_the_oracle_on_the_models_tokens_scores_what_it_scores_on_strings(tmp_pa
     from tiny_dna import tiny_enformer
 
     from svdd_lightning import checkpoints
-    from svdd_lightning.oracle_reward import OracleReward
+    from svdd_lightning.domains.sequences.oracle import OracleReward
 
     torch.manual_seed(0)
     path = checkpoints.save(tiny_enformer().eval(), tmp_path / "oracle")

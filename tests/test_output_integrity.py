@@ -28,7 +28,7 @@ from svdd_lightning.lightning.decoding import DecodingModule, RewardFailure
 from svdd_lightning.lightning.fingerprint import describe, differences
 from svdd_lightning.lightning.folders import LOCK, acquire_lock, release_lock
 from svdd_lightning.lightning.writer import DesignWriter, format_summary, write_outputs
-from svdd_lightning.oracle_reward import OracleReward
+from svdd_lightning.domains.sequences.oracle import OracleReward
 from svdd_lightning.sample_files import FastaFiles, JsonlFiles, sample_files_for
 
 from tiny_dna import LENGTH, build_tiny_checkpoints
@@ -46,7 +46,7 @@ def write_config(tiny: dict[str, Path], path: Path, **model_changes) -> Path:
         "trainer": {"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
                     "enable_progress_bar": False, "enable_model_summary": False},
         "model": {"model": str(tiny["mdlm"]), "reward_floor": -10.0,
-                  "reward": {"class_path": "svdd_lightning.oracle_reward.OracleReward",
+                  "reward": {"class_path": "svdd_lightning.domains.sequences.oracle.OracleReward",
                              "init_args": {"checkpoint": str(tiny["reward"])}},
                   "methods": {"pretrained": {"class_path": "svdd_lightning.PretrainedSampling"},
                               "best_of_n": {"class_path": "svdd_lightning.BestOfN", "init_args": {"n": 2}}},

@@ -26,7 +26,7 @@ DOMAIN_IMPORTS = {
 PROBE = """
 import importlib, json, sys
 import svdd_lightning, svdd_lightning.lightning.cli, svdd_lightning.lightning.training
-import svdd_lightning.lightning.rollouts, svdd_lightning.oracle_reward
+import svdd_lightning.lightning.rollouts, svdd_lightning.domains.sequences.oracle
 # (transformers is left out: lightning's torchmetrics imports it when it is installed)
 results = {"core imports": [m for m in ("rdkit", "diffusers", "RNA", "pyjaspar", "torch_geometric") if m in sys.modules]}
 for target, (blocked, extra) in json.loads(sys.argv[1]).items():

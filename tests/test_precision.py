@@ -11,7 +11,7 @@ from svdd_lightning import NetworkValue, PretrainedSampling, checkpoints
 from svdd_lightning.core.reward import GuardedReward
 from svdd_lightning.core.run import Candidates, Run
 from svdd_lightning.diffusion import MaskedDiffusion, MDLMTransformer
-from svdd_lightning.oracle_reward import OracleReward
+from svdd_lightning.domains.sequences.oracle import OracleReward
 
 ROOT = Path(__file__).resolve().parents[1]
 BF16 = dict(device_type="cpu", dtype=torch.bfloat16)

@@ -97,7 +97,7 @@ def test_a_plain_function_is_wrapped_with_its_name():
 
 
 def test_a_renamed_name_gets_one_line_naming_the_new_one(tmp_path):
-    with pytest.raises(ImportError, match="svdd_lightning.RewardFunction was renamed svdd_lightning.Reward"):
+    with pytest.raises(ImportError, match="svdd_lightning.RewardFunction is now svdd_lightning.Reward"):
         from svdd_lightning import RewardFunction  # noqa: F401
     from svdd_lightning.lightning.cli import main_decode
 
@@ -105,5 +105,5 @@ def test_a_renamed_name_gets_one_line_naming_the_new_one(tmp_path):
     old.write_text("model:\n  reward:\n    class_path: svdd_lightning.core.reward.RewardFunction\n")
     with pytest.raises(SystemExit) as stop:
         main_decode(["predict", "--config", "configs/dna/compare.yaml", "--config", str(old)])
-    assert str(stop.value).startswith(f"error: {old}: svdd_lightning.core.reward.RewardFunction was renamed "
+    assert str(stop.value).startswith(f"error: {old}: svdd_lightning.core.reward.RewardFunction is now "
                                       f"svdd_lightning.core.reward.Reward")

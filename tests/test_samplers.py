@@ -308,7 +308,7 @@ def test_new_samplers_on_a_device_match_the_cpu(tmp_path):
 
     from svdd_lightning import NetworkValue, checkpoints
     from svdd_lightning.lightning.decoding import DecodingModule
-    from svdd_lightning.oracle_reward import OracleReward
+    from svdd_lightning.domains.sequences.oracle import OracleReward
 
     paths = build_tiny_checkpoints(tmp_path)
 

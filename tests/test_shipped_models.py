@@ -9,8 +9,8 @@ import torch
 
 from svdd_lightning import SVDD, BestOfN, PosteriorMeanValue, PretrainedSampling, checkpoints
 from svdd_lightning.diffusion import MaskedDiffusion
-from svdd_lightning.oracle_reward import OracleReward
-from svdd_lightning.sequence_metrics import read_fasta
+from svdd_lightning.domains.sequences.oracle import OracleReward
+from svdd_lightning.sample_files import read_fasta
 
 ROOT = Path(__file__).resolve().parents[1]
 MDLM, REWARD, EVAL, VALUE = (ROOT / "checkpoints/dna" / name

@@ -17,8 +17,8 @@ from svdd_lightning.diffusion import DilatedConvDenoiser, MaskedDiffusion
 from svdd_lightning.domains.utr.data import UTRDataModule, encode_rna, group_split, read_utrs
 from svdd_lightning.domains.utr.networks import ConvGRU
 from svdd_lightning.domains.utr.rewards import MinimumFreeEnergy, UpstreamAUGs
-from svdd_lightning.oracle_reward import OracleReward
-from svdd_lightning.sequence_metrics import GCContent, kmer_frequencies
+from svdd_lightning.domains.sequences.oracle import OracleReward
+from svdd_lightning.domains.sequences.metrics import GCContent, kmer_frequencies
 
 from tiny_dna import METHODS, run_main
 

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from .objective import FineTuningObjective
 from .state import State
 
 Prediction = Any  # what ``denoise`` returns: a tensor or pytree of tensors with leading batch dim
@@ -98,3 +99,8 @@ class DiffusionModel(nn.Module, ABC):
     ) -> Prediction:
         """Denoiser output tilted by the gradient of a differentiable ``guidance`` (DPS)."""
         raise NotImplementedError(f"{type(self).__name__} does not support gradient guidance (DPS)")
+
+    def finetuning_objective(self) -> FineTuningObjective | None:
+        """The losses fine-tuning on guided samples minimises for this model family (its pretraining loss and
+        its divergence from a reference model); None (the default): it has none of its own."""
+        return None

@@ -6,17 +6,19 @@ mask logit to -inf and copies unmasked input tokens (carry-over unmasking).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from ..checkpoints import Configurable
 from ..core.model import DiffusionModel
+from ..core.objective import FineTuningObjective
 from ..sample_files import FastaFiles
-from ..sequences import encode
+from .tokens import encode
 from .schedule import LogLinearSchedule
 
 #: tokens (rows x length) per denoiser call on a CPU when the decoder sets no chunk_size: larger batches
@@ -79,6 +81,11 @@ class MaskedDiffusion(Configurable, DiffusionModel):
     def sample_files(self) -> FastaFiles:
         """A decoding run writes this model's samples (strings) as FASTA."""
         return FastaFiles()
+
+    def finetuning_objective(self) -> "MaskedDiffusionObjective":
+        """Fine-tuning on guided samples minimises this model's NELBO (bits per token), with its KL rate to a
+        reference model as the anchor."""
+        return MaskedDiffusionObjective()
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device
@@ -197,3 +204,48 @@ class MaskedDiffusion(Configurable, DiffusionModel):
         for t in times:
             total += self.nelbo(x0, t.expand(x0.shape[0]), generator)
         return -(total / num_times)
+
+
+class MaskedDiffusionObjective(FineTuningObjective):
+    """MDLM's NELBO and the KL rate to a reference, both in bits per token.
+
+    At a noised state x_t ~ q(x_t | x_0) the KL term is w(t) sum_l KL(p_theta(x_0^l | x_t) || p_ref(x_0^l | x_t))
+    over the masked positions l, with the NELBO weight w(t) (1/t for the log-linear schedule): a masked
+    token is unmasked at rate w(t) to a symbol drawn from the denoiser's prediction, so its expectation
+    over t and x_t is the KL between the two models' reverse chains (DRAKES's regulariser) when x_t is
+    distributed as the fine-tuned chain's states. Here x_t noises the batch's guided samples, which the
+    fine-tuned model is trained to produce. NELBO and KL share one denoiser pass.
+
+    ``val_times`` stratified times give the validation losses (as in pretraining's validation).
+    """
+
+    def __init__(self, val_times: int = 8) -> None:
+        if val_times < 1:
+            raise ValueError(f"MaskedDiffusionObjective.val_times must be >= 1, got {val_times}")
+        self.val_times = val_times
+
+    def _losses(self, model: MaskedDiffusion, x0: Tensor, t: Tensor, reference: MaskedDiffusion | None,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
+        bits = x0.shape[1] * math.log(2)
+        xt = model.noise(x0, t, generator)
+        log_p = model.log_probs(xt, t)
+        nelbo = model.nelbo_at(x0, xt, t, log_p) / bits
+        if reference is None:
+            return nelbo, None
+        with torch.no_grad():
+            log_ref = reference.log_probs(xt, t)
+        masked = (xt == model.mask_id).unsqueeze(-1)
+        # unmasked positions carry 0 / -inf (carry-over): zero them before the KL (no NaN gradients)
+        log_p, log_ref = torch.where(masked, log_p, 0.0), torch.where(masked, log_ref, 0.0)
+        kl = (log_p.exp() * (log_p - log_ref)).sum(dim=(1, 2))
+        return nelbo, model.schedule.nelbo_weight(t).to(kl.device) * kl / bits
+
+    def training_losses(self, model, x0, reference=None):
+        return self._losses(model, x0, model.schedule.sample_times(x0.shape[0]).to(x0.device), reference)
+
+    def validation_losses(self, model, x0, reference=None):
+        generator = torch.Generator().manual_seed(0)
+        times = (torch.arange(self.val_times) + 0.5) / self.val_times
+        terms = [self._losses(model, x0, t.expand(x0.shape[0]).to(x0.device), reference, generator) for t in times]
+        nelbo = torch.stack([n for n, _ in terms]).mean(0)
+        return nelbo, None if reference is None else torch.stack([k for _, k in terms]).mean(0)

@@ -7,9 +7,11 @@ import importlib
 import inspect
 import os
 import pickle
+import pkgutil
 import re
 import sys
 import zipfile
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable
 
@@ -90,31 +92,36 @@ def _shipped_configs(args: list[str] | None) -> list[str] | None:
     return found
 
 
-# What each command lists in --help: the modules are imported (those of domains whose extra is
-# installed) so that their classes appear among the known subclasses of the config's fields.
-TRAINING_MODULES = (
-    "svdd_lightning.lightning.training", "svdd_lightning.lightning.rollouts", "svdd_lightning.lightning.finetuning",
-    "svdd_lightning.domains.dna.data", "svdd_lightning.domains.utr.data",
-    "svdd_lightning.domains.molecules.data", "svdd_lightning.domains.molecules.training",
-    "svdd_lightning.domains.images.data", "svdd_lightning.domains.images.training",
-)
-DECODING_MODULES = (
-    "svdd_lightning.diffusion", "svdd_lightning.oracle_reward", "svdd_lightning.sequence_metrics",
-    "svdd_lightning.evaluation", "svdd_lightning.domains.dna.motifs", "svdd_lightning.domains.utr.rewards",
-    "svdd_lightning.domains.utr.optimus", "svdd_lightning.domains.molecules.graph_diffusion",
-    "svdd_lightning.domains.molecules.rewards", "svdd_lightning.domains.molecules.docking",
-    "svdd_lightning.domains.molecules.outputs", "svdd_lightning.domains.images.diffusers_model",
-    "svdd_lightning.domains.images.rewards", "svdd_lightning.domains.images.outputs",
-)
+# What each command lists in --help: the framework's own modules, and every module of each domain package
+# registered in the ``svdd_lightning.domains`` entry-point group (the built-in domains and plug-ins alike; a
+# module whose extra is not installed is skipped), so that their classes appear among the known subclasses.
+TRAINING_MODULES = ("svdd_lightning.lightning.training", "svdd_lightning.lightning.rollouts",
+                    "svdd_lightning.lightning.finetuning")
+DECODING_MODULES = ("svdd_lightning.diffusion", "svdd_lightning.evaluation")
 
 
 def _import_available(modules: tuple[str, ...]) -> None:
-    """Import ``modules``, skipping those whose domain's extra is not installed."""
-    for module in modules:
+    """Import ``modules`` and every module of the registered domain packages, skipping those whose
+    domain's extra is not installed."""
+    for module in (*modules, *_domain_modules()):
         try:
             importlib.import_module(module)
         except ImportError:
             pass
+
+
+def _domain_modules() -> list[str]:
+    """Every module of the packages in the ``svdd_lightning.domains`` entry-point group."""
+    names = []
+    for entry in entry_points(group=checkpoints.ENTRY_POINT_GROUP):
+        try:
+            package = importlib.import_module(entry.value)
+        except ImportError:
+            continue
+        names.append(package.__name__)
+        if hasattr(package, "__path__"):
+            names += [info.name for info in pkgutil.walk_packages(package.__path__, package.__name__ + ".")]
+    return names
 
 
 def _parameters(cls: type) -> list[str]:

@@ -14,16 +14,14 @@ round's search, this is expert iteration (:mod:`svdd_lightning.lightning.expert_
 - :class:`GuidedFineTuning`: the model's pretraining loss on the weighted guided samples, anchored
   to the pretrained model by ``data_weight`` x the loss on original training data and ``kl_weight``
   x the KL of the model's predictions from the frozen reference model's.
-- :class:`FineTuningObjective`: what the module needs from a model family; masked diffusion (DNA,
-  5'UTR, any :class:`~svdd_lightning.diffusion.MaskedDiffusion`) is :class:`MaskedDiffusionObjective`.
+- :class:`~svdd_lightning.core.objective.FineTuningObjective`: what the module needs from a model family,
+  supplied by the model (``finetuning_objective()``; masked diffusion: its NELBO and KL rate).
 """
 from __future__ import annotations
 
 import csv
-import math
 import sys
 import time
-from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +35,8 @@ from torchmetrics import MeanMetric
 from .. import checkpoints
 from ..core.decoders import Decoder
 from ..core.model import DiffusionModel
+from ..core.objective import FineTuningObjective
 from ..core.reward import Reward
-from ..diffusion.masked import MaskedDiffusion
 from ..paths import find
 from ..sample_files import sample_files_for
 from .training import _adamw_with_cosine
@@ -49,79 +47,13 @@ from .training import _adamw_with_cosine
 SAMPLES_CSV = "samples.csv"
 
 
-# --- the loss of a model family ----------------------------------------------------------------------
-class FineTuningObjective(ABC):
-    """A model family's pretraining loss per sample and its divergence from a reference model.
-
-    Both return one value per row of the clean states ``x0``; ``kl`` is None without a reference.
-    """
-
-    @abstractmethod
-    def training_losses(self, model: DiffusionModel, x0: Any, reference: DiffusionModel | None = None
-                        ) -> tuple[Tensor, Tensor | None]:
-        """(loss, kl) per row at random noise levels, as pretraining draws them."""
-
-    @abstractmethod
-    def validation_losses(self, model: DiffusionModel, x0: Any, reference: DiffusionModel | None = None
-                          ) -> tuple[Tensor, Tensor | None]:
-        """(loss, kl) per row at fixed noise levels and noise, comparable between validations."""
-
-    def clean_states(self, batch: Any) -> Any:
-        """The clean states of a batch of the family's pretraining data (default: its first field)."""
-        return batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
-class MaskedDiffusionObjective(FineTuningObjective):
-    """MDLM's NELBO and the KL rate to a reference, both in bits per token.
-
-    At a noised state x_t ~ q(x_t | x_0) the KL term is w(t) sum_l KL(p_theta(x_0^l | x_t) || p_ref(x_0^l | x_t))
-    over the masked positions l, with the NELBO weight w(t) (1/t for the log-linear schedule): a masked
-    token is unmasked at rate w(t) to a symbol drawn from the denoiser's prediction, so its expectation
-    over t and x_t is the KL between the two models' reverse chains (DRAKES's regulariser) when x_t is
-    distributed as the fine-tuned chain's states. Here x_t noises the batch's guided samples, which the
-    fine-tuned model is trained to produce. NELBO and KL share one denoiser pass.
-
-    ``val_times`` stratified times give the validation losses (as in pretraining's validation).
-    """
-
-    def __init__(self, val_times: int = 8) -> None:
-        if val_times < 1:
-            raise ValueError(f"MaskedDiffusionObjective.val_times must be >= 1, got {val_times}")
-        self.val_times = val_times
-
-    def _losses(self, model: MaskedDiffusion, x0: Tensor, t: Tensor, reference: MaskedDiffusion | None,
-                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
-        bits = x0.shape[1] * math.log(2)
-        xt = model.noise(x0, t, generator)
-        log_p = model.log_probs(xt, t)
-        nelbo = model.nelbo_at(x0, xt, t, log_p) / bits
-        if reference is None:
-            return nelbo, None
-        with torch.no_grad():
-            log_ref = reference.log_probs(xt, t)
-        masked = (xt == model.mask_id).unsqueeze(-1)
-        # unmasked positions carry 0 / -inf (carry-over): zero them before the KL (no NaN gradients)
-        log_p, log_ref = torch.where(masked, log_p, 0.0), torch.where(masked, log_ref, 0.0)
-        kl = (log_p.exp() * (log_p - log_ref)).sum(dim=(1, 2))
-        return nelbo, model.schedule.nelbo_weight(t).to(kl.device) * kl / bits
-
-    def training_losses(self, model, x0, reference=None):
-        return self._losses(model, x0, model.schedule.sample_times(x0.shape[0]).to(x0.device), reference)
-
-    def validation_losses(self, model, x0, reference=None):
-        generator = torch.Generator().manual_seed(0)
-        times = (torch.arange(self.val_times) + 0.5) / self.val_times
-        terms = [self._losses(model, x0, t.expand(x0.shape[0]).to(x0.device), reference, generator) for t in times]
-        nelbo = torch.stack([n for n, _ in terms]).mean(0)
-        return nelbo, None if reference is None else torch.stack([k for _, k in terms]).mean(0)
-
-
 def objective_for(model: DiffusionModel) -> FineTuningObjective:
-    """The fine-tuning objective of a model family (masked diffusion so far)."""
-    if isinstance(model, MaskedDiffusion):
-        return MaskedDiffusionObjective()
-    raise TypeError(f"GuidedFineTuning: no fine-tuning objective for {type(model).__name__}; supported: "
-                    f"MaskedDiffusion (DNA, 5'UTR), or pass model.objective (a FineTuningObjective)")
+    """The fine-tuning objective the model supplies (:meth:`DiffusionModel.finetuning_objective`)."""
+    objective = model.finetuning_objective()
+    if objective is None:
+        raise TypeError(f"GuidedFineTuning: {type(model).__name__} supplies no fine-tuning objective (its "
+                        f"finetuning_objective() gives None); pass model.objective (a FineTuningObjective)")
+    return objective
 
 
 # --- the LightningModule -----------------------------------------------------------------------------
@@ -142,7 +74,7 @@ class GuidedFineTuning(L.LightningModule):
             the original pretrained model here.
         kl_weight: strength of the KL anchor (0: none; the KL is still logged).
         data_weight: strength of the original-data anchor (used when the DataModule mixes data in).
-        objective: the model family's losses (default: chosen from the model's type).
+        objective: the model family's losses (default: the model's own, ``model.finetuning_objective()``).
         lr, weight_decay, warmup_steps: AdamW with linear warm-up and cosine decay, as in pretraining.
     """
 
@@ -503,3 +435,9 @@ def _stale(directory: Path) -> bool:
 
     csv_time = (directory / SAMPLES_CSV).stat().st_mtime
     return any(p.stat().st_mtime > csv_time for p in (directory / PARTS).glob("*.jsonl"))
+
+
+def __getattr__(name: str):
+    from ..renamed import module_getattr
+
+    return module_getattr(__name__, name)

@@ -32,7 +32,7 @@ from ..core.reward import GuardedReward, Reward, RewardCallable, guard
 from ..core.run import Run
 from ..core.state import State, batch_size, concat_rows, index_rows
 from ..paths import find
-from ..sequence_metrics import read_fasta
+from ..sample_files import read_fasta
 from ..seeds import sample_seed
 from .folders import atomic_write
 

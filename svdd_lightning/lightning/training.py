@@ -1,7 +1,6 @@
 """LightningModules that train the project's own models, and the callback that ships them."""
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import time
@@ -12,11 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torchmetrics.classification import BinaryAUROC
 from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 
 from .. import checkpoints
-from ..diffusion.masked import MaskedDiffusion
 from .folders import check_writable, replace_directory
 
 
@@ -73,62 +70,7 @@ def exponential_moving_average(module: nn.Module, decay: float, warmup: bool = F
     return ema.requires_grad_(False)
 
 
-class MaskedDiffusionPretraining(TrainingModule):
-    """Trains a :class:`MaskedDiffusion` by its continuous-time NELBO (MDLM), logged in bits/token."""
-
-    def __init__(self, model: MaskedDiffusion, lr: float = 2e-3, weight_decay: float = 0.0,
-                 warmup_steps: int = 200, val_times: int = 8) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["model"])
-        self.model = model
-
-    def _bits_per_token(self, tokens: torch.Tensor, t: torch.Tensor, generator=None) -> torch.Tensor:
-        return self.model.nelbo(tokens, t, generator).mean() / (tokens.shape[1] * math.log(2))
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        tokens, _ = batch
-        loss = self._bits_per_token(tokens, self.model.schedule.sample_times(tokens.shape[0]).to(tokens.device))
-        self.log("train/nelbo_bpt", loss, prog_bar=True)
-        return loss
-
-    def evaluate(self, batch, batch_idx: int, stage: str) -> None:
-        tokens, _ = batch
-        generator = torch.Generator().manual_seed(0)
-        n = self.hparams.val_times
-        times = (torch.arange(n) + 0.5) / n
-        bpt = torch.stack([self._bits_per_token(tokens, t.expand(tokens.shape[0]).to(tokens.device), generator)
-                           for t in times]).mean()
-        self.log(f"{stage}/nelbo_bpt", bpt, prog_bar=True, batch_size=tokens.shape[0], sync_dist=True)
-
-
-class SequenceClassifierTraining(TrainingModule):
-    """Trains a one-logit network on (tokens, label) with BCE; reports AUROC on validation and test."""
-
-    def __init__(self, network: nn.Module, lr: float = 1e-3, weight_decay: float = 1e-2,
-                 warmup_steps: int = 100) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["network"])
-        self.network = network
-        self.val_auroc = BinaryAUROC()
-        self.test_auroc = BinaryAUROC()
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        tokens, labels = batch
-        loss = F.binary_cross_entropy_with_logits(self.network(tokens), labels)
-        self.log("train/bce", loss, prog_bar=True)
-        return loss
-
-    def evaluate(self, batch, batch_idx: int, stage: str) -> None:
-        tokens, labels = batch
-        logits = self.network(tokens)
-        metric = self.val_auroc if stage == "val" else self.test_auroc
-        metric.update(logits, labels.long())
-        self.log(f"{stage}/bce", F.binary_cross_entropy_with_logits(logits, labels), batch_size=len(labels),
-                 sync_dist=True)
-        self.log(f"{stage}/auroc", metric, prog_bar=True)
-
-
-class SequenceRegressorTraining(TrainingModule):
+class RegressorTraining(TrainingModule):
     """Trains a one-output network on (input, target) by MSE; reports Pearson and Spearman r on
     validation and test (e.g. a mean-ribosome-load oracle on tokens, or an image reward proxy)."""
 
@@ -362,3 +304,9 @@ class ValueRegression(L.LightningModule):
 
     def configure_optimizers(self):
         return _adamw_with_cosine(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps)
+
+
+def __getattr__(name: str):
+    from ..renamed import module_getattr
+
+    return module_getattr(__name__, name)

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ...lightning.splits import SplitDataModule
-from ...sequences import encode
+from ...diffusion.tokens import encode
 
 ALPHABET = "ACGT"
 REQUIRED_COLUMNS = ("sequence", "split", "cell_type", "chr")

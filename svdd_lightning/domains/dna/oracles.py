@@ -13,7 +13,7 @@ from torch import nn
 
 from ...checkpoints import Configurable
 from ...layers import time_features
-from ...sequences import one_hot
+from ...diffusion.tokens import one_hot
 
 
 class ConvBlock(nn.Module):

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ...lightning.splits import SplitDataModule
-from ...sequences import encode
+from ...diffusion.tokens import encode
 
 ALPHABET = "ACGU"
 SPLITS = ("train", "validation", "test")

@@ -24,7 +24,7 @@ from torch import nn
 
 from ...core.reward import Reward
 from ...extras import require
-from ...sequences import tokenize
+from ...diffusion.tokens import tokenize
 
 UTR_LENGTH = 50
 SUFFIX = "ATGG"

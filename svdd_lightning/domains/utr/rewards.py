@@ -4,7 +4,7 @@
   secondary structure from ViennaRNA (a physics model; non-differentiable).
 - :class:`UpstreamAUGs`: the number of upstream AUG start codons in a 5'UTR (each one lowers
   translation of the main reading frame).
-The MRL reward is an :class:`svdd_lightning.oracle_reward.OracleReward` on the ConvGRU oracle.
+The MRL reward is an :class:`svdd_lightning.domains.sequences.oracle.OracleReward` on the ConvGRU oracle.
 """
 from __future__ import annotations
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import torch
 
-from . import checkpoints
-from .core.precision import float32_scoring
-from .core.reward import Reward
-from .sequences import tokenize
+from ... import checkpoints
+from ...core.precision import float32_scoring
+from ...core.reward import Reward
+from ...diffusion.tokens import tokenize
 
 
 class OracleReward(Reward):

@@ -2,14 +2,12 @@
 benchmark, Wang et al. 2024) and per-sequence composition. DNA and RNA alike (U counts as T)."""
 from __future__ import annotations
 
-import gzip
 import itertools
-from pathlib import Path
 
 import torch
 
-from .core.reward import Reward
-from .paths import find
+from ...core.reward import Reward
+from ...sample_files import read_fasta
 
 ALPHABET = "ACGT"
 
@@ -26,27 +24,6 @@ def kmer_frequencies(sequences: list[str], k: int = 3) -> torch.Tensor:
             if j is not None:
                 counts[j] += 1
     return counts
-
-
-def read_fasta(path: str | Path) -> list[str]:
-    """Sequences of a FASTA file (optionally gzipped)."""
-    path = find(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no FASTA file at {path}")
-    opener = gzip.open if path.suffix == ".gz" else open
-    sequences, current = [], []
-    with opener(path, "rt") as handle:
-        for line in handle:
-            line = line.strip()
-            if line.startswith(">"):
-                if current:
-                    sequences.append("".join(current))
-                current = []
-            elif line:
-                current.append(line)
-    if current:
-        sequences.append("".join(current))
-    return sequences
 
 
 def kmer_correlation(designs: list[str], reference: list[str], k: int = 3) -> float:
