@@ -18,6 +18,8 @@ class SampleMetric(ABC):
     """
 
     threshold: float | None = None
+    #: what the values measure, shown beside the column's name on plots
+    unit: str | None = None
 
     @abstractmethod
     def __call__(self, model: DiffusionModel, x0: State, samples: list) -> torch.Tensor: ...

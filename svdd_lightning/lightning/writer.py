@@ -36,7 +36,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from ..evaluation import distinct_fraction, quantile_summary
+from ..core.reward import GuardedReward
+from ..evaluation import SampleMetric, distinct_fraction, quantile_summary
 from ..sample_files import FastaFiles, JsonlFiles, SampleFiles, sample_files_for
 from .decoding import PARTS
 from .fingerprint import differences, digest
@@ -78,7 +79,8 @@ class DesignWriter(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.sample_files is None:
             self.sample_files = sample_files_for(getattr(pl_module, "model", None))
-        self.sample_files.reward_name = getattr(getattr(pl_module, "reward", None), "name", "reward")
+        reward = getattr(pl_module, "reward", None)
+        self.sample_files.reward_name = reward.name if reward is not None else "reward"
         datamodule = getattr(trainer, "datamodule", None)
         self.num_samples = getattr(datamodule, "num_samples", None)
         outcome: dict[str, Any] = {"error": None}
@@ -184,7 +186,7 @@ class DesignWriter(Callback):
     def _labels(pl_module: L.LightningModule) -> dict[str, str]:
         """Axis labels of the reward and the evaluation columns: their names and units."""
         reward = getattr(pl_module, "reward", None)
-        labels = {"reward": axis_label(f"reward: {getattr(reward, 'name', 'reward')}", reward)}
+        labels = {"reward": axis_label(f"reward: {reward.name if reward is not None else 'reward'}", reward)}
         return {**labels, **{k: axis_label(k, m) for k, m in getattr(pl_module, "metrics", {}).items()}}
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -323,9 +325,9 @@ def _read_parts(folder: Path, digests: dict[str, str] | None, num_samples: int |
     return sorted(rows.values(), key=lambda r: (r["method"], r["index"])), stats
 
 
-def axis_label(name: str, scorer: Any) -> str:
-    """``name`` with the unit its scorer declares (a reward's or a score metric's ``unit``)."""
-    unit = getattr(scorer, "unit", None)
+def axis_label(name: str, scorer: GuardedReward | SampleMetric | None) -> str:
+    """``name`` with the unit its scorer declares (a reward's or a metric's ``unit``)."""
+    unit = scorer.unit if scorer is not None else None
     return f"{name} ({unit})" if unit else name
 
 
