@@ -317,3 +317,21 @@ def test_the_example_package_is_loadable_through_its_entry_point():
     model = checkpoints.load(Path(__file__).parents[1] / "examples/peptide_svdd/checkpoints/pretrained")
     assert type(model).__module__ == "peptide_svdd.model" and model.num_steps == 24
     assert type(sample_files_for(model)).__name__ == "FastaFiles"
+
+
+def test_a_checkpoint_naming_a_moved_class_loads_the_class_under_its_new_name(tmp_path, monkeypatch):
+    """A class that moved (svdd_lightning.renamed) still loads from checkpoints written before the move."""
+    import shutil
+
+    from svdd_lightning import renamed
+
+    shutil.copytree(Path(__file__).parents[1] / "checkpoints/dna/mdlm", tmp_path / "old")
+    config = json.loads((tmp_path / "old/config.json").read_text())
+    assert config["class_path"] == "svdd_lightning.diffusion.masked.MaskedDiffusion"
+    config["class_path"] = "svdd_lightning.masked.MaskedDiffusion"
+    (tmp_path / "old/config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="cannot import svdd_lightning.masked"):
+        checkpoints.load(tmp_path / "old")
+    monkeypatch.setitem(renamed.RENAMED, "svdd_lightning.masked.MaskedDiffusion",
+                        "svdd_lightning.diffusion.masked.MaskedDiffusion")
+    assert isinstance(checkpoints.load(tmp_path / "old"), MaskedDiffusion)
