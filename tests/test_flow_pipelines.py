@@ -245,3 +245,22 @@ def test_x0_samples_roll_out_sde_steps_and_one_step_is_x0_hat(sd3):
     finally:
         sd3.noise_level = 0.7
     assert torch.allclose(ode, by_hand, atol=1e-6)
+
+
+@pytest.mark.parametrize("decoder", ["svdd", "smc", "nested_is", "beam"])
+def test_decoders_that_need_distinct_draws_refuse_the_ode_before_any_work(sd3, decoder):
+    """At noise level 0 the M candidates (or resampled particles) of a state would all be the same image."""
+    from svdd_lightning import SMC, SVDD, BeamSearch, NestedIS, PosteriorMeanValue, PretrainedSampling
+
+    make = {"svdd": lambda: SVDD(PosteriorMeanValue(), 4), "smc": lambda: SMC(PosteriorMeanValue()),
+            "nested_is": lambda: NestedIS(PosteriorMeanValue(), 2), "beam": lambda: BeamSearch(PosteriorMeanValue())}
+    calls = []
+    sd3.noise_level = 0.0
+    try:
+        with pytest.raises(ValueError, match="needs stochastic proposals.*set the model's noise_level > 0"):
+            make[decoder]().sample(sd3, lambda images: calls.append(1) or [0.0] * len(images), generators(0, 1))
+        assert not calls  # refused before any reward call
+        assert not SVDD(PosteriorMeanValue(), 1).needs_stochastic_proposals  # M = 1 is the ODE sampler itself
+        assert not PretrainedSampling().needs_stochastic_proposals
+    finally:
+        sd3.noise_level = 0.7

@@ -28,6 +28,8 @@ class BeamSearch(Decoder):
     runs E pretrained steps (and keeps them) before it is scored.
     """
 
+    needs_stochastic_proposals = True
+
     def __init__(self, value: Value, beam_width: int = 2, num_candidates: int = 5, lookahead: int = 0,
                  select_every: int = 1, chunk_size: int | None = None) -> None:
         super().__init__(chunk_size)

@@ -46,6 +46,9 @@ class Decoder(ABC):
 
     #: True when a sample's output depends on the other samples decoded with it (SMC's populations).
     batch_dependent: bool = False
+    #: True when the decoder needs distinct draws from one state (candidates, particles): it refuses a model
+    #: whose proposals are deterministic (``DiffusionModel.stochastic_proposals``)
+    needs_stochastic_proposals: bool = False
 
     def __init__(self, chunk_size: int | None = None) -> None:
         if chunk_size is not None and chunk_size < 1:
@@ -65,6 +68,10 @@ class Decoder(ABC):
         """One sample per generator; row b is sample ``indices[b]`` (default 0, 1, ...), which fixes its
         condition for a conditional model. A sample the reward cannot score gets ``reward_floor``."""
         indices = range(len(generators)) if indices is None else indices
+        if self.needs_stochastic_proposals and not model.stochastic_proposals:
+            raise ValueError(f"{type(self).__name__} needs stochastic proposals, but {type(model).__name__} proposes "
+                             f"deterministically (noise level 0, the flow ODE): set the model's noise_level > 0, "
+                             f"e.g. 0.7")
         if len(indices) != len(generators):
             raise ValueError(f"{len(generators)} generators for {len(indices)} sample indices")
         run = Run(model, guard(reward, reward_floor), indices, self.chunk_size)
@@ -152,6 +159,7 @@ class SVDD(Decoder):
         self.num_candidates = num_candidates
         self.alpha = alpha
         self.select_every = select_every
+        self.needs_stochastic_proposals = num_candidates > 1
 
     def decode_from(self, run: Run, x: State, level: int, generators: list[torch.Generator]) -> State:
         model, m = run.model, self.num_candidates
@@ -199,6 +207,7 @@ class SMC(Decoder):
 
     POTENTIALS = ("difference", "max", "sum")
     batch_dependent = True
+    needs_stochastic_proposals = True
 
     def __init__(self, value: Value, alpha: float = 1.0, ess_threshold: float = 1.0,
                  resampling: str = "multinomial", potential: str = "difference", chunk_size: int | None = None) -> None:

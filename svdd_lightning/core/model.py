@@ -38,6 +38,9 @@ class DiffusionModel(nn.Module, ABC):
     #: True when one step of ``x0_samples`` draws x_0 at random (masked models: tokens from the denoiser
     #: output); False when one step is the deterministic x0_hat and draws need rollouts of >= 2 steps.
     random_one_step_x0: bool = False
+    #: False when ``propose`` is deterministic (a flow model's ODE step at noise level 0): its M candidates
+    #: or resampled particles would be copies, so the decoders that need distinct ones refuse the model
+    stochastic_proposals: bool = True
 
     @abstractmethod
     def initial_state(self, generators: Sequence[torch.Generator], conditions: torch.Tensor | None = None) -> State:

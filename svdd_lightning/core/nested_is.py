@@ -32,6 +32,8 @@ class NestedIS(Decoder):
     are E-step pretrained paths and the weights the same, with v at the selection levels only.
     """
 
+    needs_stochastic_proposals = True
+
     def __init__(self, value: Value, num_candidates: int = 10, alpha: float = 1.0, ess_threshold: float = 1.0,
                  resampling: str = "multinomial", select_every: int = 1, chunk_size: int | None = None) -> None:
         super().__init__(chunk_size)

@@ -127,6 +127,11 @@ class FlowPipelineChain(DiffusionModel):
         self.noise_level = float(noise_level)
         self.num_conditions = len(self.prompts)
 
+    @property
+    def stochastic_proposals(self) -> bool:
+        """At noise level 0 a step is the flow ODE's: deterministic."""
+        return self.noise_level > 0
+
     @abstractmethod
     def velocity(self, x: ImageState, level: int) -> torch.Tensor:
         """The network's (guided) velocity, float32, at sigma_level."""
