@@ -16,12 +16,13 @@ from svdd_lightning import SVDD, PosteriorMeanValue, PretrainedSampling, checkpo
 from svdd_lightning.core.reward import Reward
 from svdd_lightning.evaluation import ELBOMetric
 from svdd_lightning.lightning.decoding import DecodingModule
-from svdd_lightning.lightning.expert_iteration import (compose, expert_iteration, parse_schedule, read_configs,
+from svdd_lightning.lightning.expert_iteration import (expert_iteration, parse_schedule, read_configs,
                                                      scheduled_args)
 from svdd_lightning.diffusion.masked import MaskedDiffusionObjective
 from svdd_lightning.lightning.finetuning import (GuidedFineTuning, GuidedSamplesDataModule,
                                                  generate_guided_samples, read_decode_run, reward_weights)
 from svdd_lightning.lightning.training import ExportBest
+from svdd_lightning.yaml_keys import compose
 
 from tiny_dna import LENGTH, build_tiny_checkpoints
 
