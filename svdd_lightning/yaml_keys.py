@@ -2,9 +2,9 @@
 
 A mapping that gives a key twice is refused in one line, not resolved by letting the last one win, and so
 is a class path that was renamed (naming the new one). A config may start from other configs: its
-``defaults`` lists them (paths relative to its own folder), they are composed in order and the config's
-own settings go over them (:func:`compose`). Used for every config ``train.py``, ``decode.py`` and
-``finetune.py`` read."""
+``defaults`` lists them (paths relative to its own folder); they are composed in order (:func:`compose`)
+with the config's own settings last, or where the list names ``_self_``. Used for every config
+``train.py``, ``decode.py`` and ``finetune.py`` read."""
 from __future__ import annotations
 
 import copy
@@ -58,6 +58,7 @@ def safe_load(text: str, name: str) -> Any:
 
 
 DEFAULTS = "defaults"
+SELF = "_self_"  # in a defaults list: where the config's own settings go
 
 
 def compose(base: dict, overlay: dict) -> dict:
@@ -75,18 +76,21 @@ def compose(base: dict, overlay: dict) -> dict:
 
 
 def with_defaults(settings: Any, path: Path, name: str, reading: tuple[Path, ...] = ()) -> Any:
-    """The config ``settings`` read from ``path`` composed over the configs its ``defaults`` lists (each
-    relative to ``path``'s folder, read by :func:`read_config`, in order); other documents as they are."""
+    """The config ``settings`` read from ``path`` composed from the configs its ``defaults`` lists (each
+    relative to ``path``'s folder, read by :func:`read_config`) in order, its own settings last or where the
+    list names ``_self_``; other documents as they are."""
     if not isinstance(settings, dict) or DEFAULTS not in settings:
         return settings
     pieces = settings[DEFAULTS]
     if not isinstance(pieces, list) or not all(isinstance(piece, str) for piece in pieces):
         raise ValueError(f"{name}: {DEFAULTS} must be a list of config files (relative to the config's folder), "
                          f"got {pieces!r}")
+    own = {key: value for key, value in settings.items() if key != DEFAULTS}
     composed: dict = {}
-    for piece in pieces:
-        composed = compose(composed, read_config(path.parent / piece, f"{name} -> {piece}", (*reading, path)))
-    return compose(composed, {key: value for key, value in settings.items() if key != DEFAULTS})
+    for piece in pieces if SELF in pieces else [*pieces, SELF]:
+        composed = compose(composed, own if piece == SELF else
+                           read_config(path.parent / piece, f"{name} -> {piece}", (*reading, path)))
+    return composed
 
 
 def read_config(path: str | Path, name: str | None = None, reading: tuple[Path, ...] = ()) -> Any:

@@ -55,6 +55,11 @@ def test_a_config_is_composed_over_its_defaults_in_order(tmp_path):
     (tmp_path / "job.yaml").write_text("defaults:\n  - pieces/longer.yaml\nseed_everything: 3\n"
                                        "trainer:\n  devices: 2\n")
     assert read_config(tmp_path / "job.yaml") == {"trainer": {"max_steps": 20, "devices": 2}, "seed_everything": 3}
+    # _self_ places the config's own settings: a later piece goes over them, and its new keys come after
+    (tmp_path / "metrics.yaml").write_text("metrics: {b: 2, a: 1}\n")
+    (tmp_path / "own_first.yaml").write_text("defaults: [_self_, metrics.yaml]\nmetrics: {c: 3, a: 0}\n")
+    metrics = read_config(tmp_path / "own_first.yaml")["metrics"]
+    assert metrics == {"c": 3, "a": 1, "b": 2} and list(metrics) == ["c", "a", "b"]
 
 
 def test_defaults_that_are_missing_malformed_or_circular_are_refused_in_one_line(tmp_path):
