@@ -4,7 +4,7 @@
 
 ``tests/test_config_composition.py`` resolves every job again and compares it with the record, so a change
 of how the configs are written (composed from shared pieces, say) is checked to leave every job's settings
-as they were. A ``finetune.py`` job is recorded as the composed settings it reads.
+as they were. A ``finetune.py`` job is recorded as the composed settings it reads, keys sorted.
 """
 from __future__ import annotations
 
@@ -78,7 +78,8 @@ def resolve(command: str, configs: tuple[str, ...]) -> str:
     from svdd_lightning.lightning.expert_iteration import read_configs
 
     if command == "finetune":
-        return yaml.safe_dump(read_configs([str(ROOT / c) for c in configs]), sort_keys=False)
+        # the settings, not their order: finetune.py hands them to train.py, which reads them by name
+        return yaml.safe_dump(read_configs([str(ROOT / c) for c in configs]), sort_keys=True)
     args = [a for c in configs for a in ("--config", str(ROOT / c))]
     main, subcommand = (main_train, "fit") if command == "train" else (main_decode, "predict")
     out = io.StringIO()
