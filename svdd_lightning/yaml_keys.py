@@ -2,9 +2,9 @@
 
 A mapping that gives a key twice is refused in one line, not resolved by letting the last one win, and so
 is a class path that was renamed (naming the new one). A config may start from other configs: its
-``defaults`` lists them (paths relative to its own folder); they are composed in order (:func:`compose`)
-with the config's own settings last, or where the list names ``_self_``. Used for every config
-``train.py``, ``decode.py`` and ``finetune.py`` read."""
+``defaults`` lists them (relative to its own folder, else found as any input path is); they are composed
+in order (:func:`compose`) with the config's own settings last, or where the list names ``_self_``. Used
+for every config ``train.py``, ``decode.py`` and ``finetune.py`` read."""
 from __future__ import annotations
 
 import copy
@@ -14,6 +14,7 @@ from typing import Any, Callable
 import jsonargparse
 import yaml
 
+from .paths import find
 from .renamed import refuse_renamed
 
 _JSONARGPARSE_YAML: Callable[[str], Any] = jsonargparse.get_loader("yaml")
@@ -77,8 +78,9 @@ def compose(base: dict, overlay: dict) -> dict:
 
 def with_defaults(settings: Any, path: Path, name: str, reading: tuple[Path, ...] = ()) -> Any:
     """The config ``settings`` read from ``path`` composed from the configs its ``defaults`` lists (each
-    relative to ``path``'s folder, read by :func:`read_config`) in order, its own settings last or where the
-    list names ``_self_``; other documents as they are."""
+    relative to ``path``'s folder, else the working directory or the shipped configs; read by
+    :func:`read_config`) in order, its own settings last or where the list names ``_self_``; other documents
+    as they are."""
     if not isinstance(settings, dict) or DEFAULTS not in settings:
         return settings
     pieces = settings[DEFAULTS]
@@ -89,8 +91,15 @@ def with_defaults(settings: Any, path: Path, name: str, reading: tuple[Path, ...
     composed: dict = {}
     for piece in pieces if SELF in pieces else [*pieces, SELF]:
         composed = compose(composed, own if piece == SELF else
-                           read_config(path.parent / piece, f"{name} -> {piece}", (*reading, path)))
+                           read_config(_piece_path(path, piece), f"{name} -> {piece}", (*reading, path)))
     return composed
+
+
+def _piece_path(config: Path, piece: str) -> Path:
+    """A ``defaults`` entry: relative to the config's folder, else found as every input path is (the working
+    directory, then the shipped configs: ``configs/methods/svdd_pm.yaml`` works from any folder)."""
+    beside = config.parent / piece
+    return beside if beside.exists() else find(piece)
 
 
 def read_config(path: str | Path, name: str | None = None, reading: tuple[Path, ...] = ()) -> Any:

@@ -87,3 +87,9 @@ def test_train_and_finetune_read_defaults(tmp_path, capsys):
     finetune.write_text(f"defaults: [{ROOT / 'configs/dna/finetune.yaml'}, steps.yaml]\n")
     from svdd_lightning.lightning.expert_iteration import read_configs
     assert read_configs(str(finetune)) == compose(read_configs("configs/dna/finetune.yaml"), {"trainer": {"max_steps": 7}})
+
+
+def test_a_piece_not_beside_the_config_is_found_among_the_shipped_configs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "job.yaml").write_text("defaults: [configs/methods/svdd_pm.yaml]\n")
+    assert read_config(tmp_path / "job.yaml") == read_config(ROOT / "configs" / "methods" / "svdd_pm.yaml")
