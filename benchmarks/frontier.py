@@ -34,6 +34,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from svdd_lightning.yaml_keys import read_config  # noqa: E402
+
 METHODS = ("best_of_n", "svdd_pm", "svdd_ps", "beam", "nested_is", "refinement")
 
 
@@ -305,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: --budgets must be >= 2 (SVDD-PM's number of candidates), got {args.budgets}")
 
     task = TASKS[args.task]
-    compare = yaml.safe_load((ROOT / (args.config or task.config)).read_text())
+    compare = read_config(ROOT / (args.config or task.config))
     out = Path(args.output_dir or ROOT / "runs" / f"frontier_{args.task}").resolve()
     start, ran = time.time(), []
     # pretrained sampling joins the command's first budget job unless a finished job holds it already
