@@ -149,7 +149,7 @@ def test_the_chain_steps_on_the_shifted_grid():
 # --- pretrained sampling reproduces p ---------------------------------------------------------------------
 # (chain, samples); the discretisation errors measured with 60,000 samples, in SE of the samples here:
 CHAINS = {
-    # the ODE's Euler error shrinks like 1 / T: at T = 200 a component mean is off by up to 0.015 (1 SE)
+    # the ODE's Euler error shrinks like 1 / T: at T = 200 a component mean is off by up to 0.015 (1.3 SE)
     "flow_ode": (lambda: GaussianMixtureFlow(num_steps=200, noise_level=0.0), 6000),
     "flow_sde": (lambda: GaussianMixtureFlow(num_steps=100, noise_level=0.7), 4000),
     "flow_sqrt2": (lambda: GaussianMixtureFlow(num_steps=50, noise_level=SQRT2), 3000),
@@ -192,7 +192,7 @@ def test_smc_with_the_exact_value_approaches_the_target_as_the_population_grows(
     populations): with 2 particles per population (256 populations) some is beyond 4 SE of the target
     (resampling among 2 barely tilts), with 64 (64 populations) every one is within 4 SE and the error of the
     mean is smaller. The DDPM is the T = 50 chain of tests/test_continuous_toy.py (its narrowness, below, moves
-    the target's mean by 0.03, under half an SE here)."""
+    the target's mean by 0.03, about half an SE here)."""
     errors = {}
     for particles, populations in ((2, 256), (64, 64)):
         model = SMC_CHAINS[chain](populations)
