@@ -126,18 +126,21 @@ class RectifiedFlow(DiffusionModel):
         """The network's velocity at time ``t`` (a 0-d tensor) for every row."""
         return self.network(x, t.to(x.dtype).expand(x.shape[0]))
 
-    def _noise(self, generators: Sequence[torch.Generator], device: torch.device) -> Tensor:
-        """A standard normal sample per generator, drawn on the CPU."""
-        return torch.stack([torch.randn(self.sample_shape, generator=g, dtype=self.state_dtype)
-                            for g in generators]).to(device)
+    def _noise(self, generators: Sequence[torch.Generator], per_row: int, device: torch.device) -> Tensor:
+        """``per_row`` standard normal samples per generator, drawn on the CPU: rows b*per_row ..
+        b*per_row + per_row - 1 from ``generators[b]``, in one draw."""
+        return torch.cat([torch.randn((per_row, *self.sample_shape), generator=g, dtype=self.state_dtype)
+                          for g in generators]).to(device)
 
-    def _step(self, x: Tensor, v: Tensor, level: int, to: int, generators: Sequence[torch.Generator]) -> Tensor:
+    def _step(self, x: Tensor, v: Tensor, level: int, to: int, generators: Sequence[torch.Generator],
+              per_row: int) -> Tensor:
+        """:func:`flow_step` from level to level ``to``; ``per_row`` rows of ``x`` per generator."""
         return flow_step(x, v, self.times[level], self.times[to], self.noise_level,
-                         lambda: self._noise(generators, x.device), self.times[1])
+                         lambda: self._noise(generators, per_row, x.device), self.times[1])
 
     def initial_state(self, generators: Sequence[torch.Generator], conditions: Tensor | None = None) -> Tensor:
         """Pure noise per generator (drawn on the CPU, then moved to the model's device)."""
-        return self._noise(generators, self.times.device)
+        return self._noise(generators, 1, self.times.device)
 
     def denoise(self, x: Tensor, level: int) -> Tensor:
         """The velocity at the level's time."""
@@ -150,9 +153,8 @@ class RectifiedFlow(DiffusionModel):
                 num_candidates: int) -> Tensor:
         """One Euler (a = 0) or SDE (a > 0) step for all B*M candidates; candidate j of row b draws from
         ``generators[b]``; the step to t = 0 is x0_hat."""
-        rows = [g for g in generators for _ in range(num_candidates)]
         return self._step(x.repeat_interleave(num_candidates, 0), prediction.repeat_interleave(num_candidates, 0),
-                          level, level + 1, rows)
+                          level, level + 1, generators, num_candidates)
 
     def x0_estimate(self, x: Tensor, prediction: Tensor, level: int, num_steps: int) -> Tensor:
         """The flow ODE from the level's time to 0 in ``num_steps`` equal Euler steps (the last is x0_hat)."""
@@ -165,15 +167,14 @@ class RectifiedFlow(DiffusionModel):
         """x_0 drawn by ``num_steps`` SDE steps on an even subgrid of the remaining levels (one step: x0_hat);
         sample j of row b draws from ``generators[b]``."""
         num_steps = min(num_steps, self.num_steps - level)
-        rows = [g for g in generators for _ in range(num_samples)]
         return rollout(x.repeat_interleave(num_samples, 0), prediction.repeat_interleave(num_samples, 0),
                        even_subgrid(level, self.num_steps, num_steps), self.denoise,
-                       lambda x, v, k, to: self._step(x, v, k, to, rows))
+                       lambda x, v, k, to: self._step(x, v, k, to, generators, num_samples))
 
     def forward_noise(self, x0: Tensor, level: int, generators: Sequence[torch.Generator]) -> Tensor:
         """x_t = (1 - t) x_0 + t noise at the level's time (the clean level is returned as it is)."""
         t = self.times[min(level, self.num_steps)]
-        return x0 if t == 0 else interpolate(x0, self._noise(generators, x0.device), t)
+        return x0 if t == 0 else interpolate(x0, self._noise(generators, 1, x0.device), t)
 
     def guided_prediction(self, x: Tensor, level: int, guidance: Callable[[Tensor], Tensor], scale: float) -> Tensor:
         """DPS through x0_hat (:func:`dps_velocity`), the gradient taken through the network."""
