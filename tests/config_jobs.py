@@ -26,6 +26,7 @@ JOBS: list[tuple[str, tuple[str, ...]]] = [
     ("decode", ("configs/dna/compare.yaml", "configs/dna/frontier.yaml")),
     ("decode", ("configs/dna/compare.yaml", "configs/dna/reward_jaspar.yaml")),
     ("decode", ("configs/images/compare_classifier.yaml",)),
+    ("decode", ("configs/images/compare_classifier_flow.yaml",)),
     ("decode", ("configs/images/compare_compress.yaml",)),
     ("decode", ("configs/images/compare_compress_flow.yaml",)),
     ("decode", ("configs/images/sd3_pickscore.yaml",)),

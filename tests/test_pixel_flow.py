@@ -81,6 +81,16 @@ def test_decode_compare_compress_flow_runs_every_method(tiny_image_checkpoints, 
     assert all(e["n"] == 4 and e["reward"]["mean"] < 0 for e in summary.values())
 
 
+def test_decode_compare_classifier_flow_runs(tiny_image_checkpoints, tiny_flow, tmp_path):
+    config = tiny_compare_config("compare_classifier_flow.yaml", {**tiny_image_checkpoints, "ddpm": tiny_flow},
+                                 methods={"pretrained", "dps", "svdd_pm"})
+    out = tmp_path / "out"
+    run_main(main_decode, "predict", "--config", str(write_config(config, tmp_path / "c.yaml")), "--output_dir", str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"pretrained", "dps", "svdd_pm"}
+    assert summary["dps"]["per_sample"]["gradient_calls"] == 3 and all(e["reward"]["mean"] <= 0 for e in summary.values())
+
+
 def test_decode_refuses_smc_on_the_flow_ode_before_any_work(tiny_image_checkpoints, tiny_flow, tmp_path):
     config = tiny_compare_config("compare_compress_flow.yaml", {**tiny_image_checkpoints, "ddpm": tiny_flow},
                                  methods={"smc"})
