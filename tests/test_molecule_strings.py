@@ -39,10 +39,13 @@ def test_encode_pads_and_decode_gives_canonical_smiles_or_none(representation, t
     assert len(vocab.alphabet) == len(set(vocab.alphabet)) == len(vocab)
 
 
-def test_an_unparsable_smiles_row_decodes_to_none():
+def test_an_unparsable_or_masked_smiles_row_decodes_to_none():
     vocab = Vocabulary.build(CORPUS, "smiles")
     ids = torch.tensor([[vocab.ids["C"], vocab.ids["("], vocab.ids["1"]] + [0] * (vocab.max_length - 3)])
     assert vocab.decode(ids) == [None]
+    masked = vocab.encode(["CCO"])
+    masked[0, 1] = len(vocab)  # the [MASK] id of a masked diffusion model
+    assert vocab.decode(masked) == [None]
 
 
 def test_encode_names_an_unknown_token_and_a_too_long_molecule():

@@ -44,3 +44,11 @@ def test_the_checkpoint_holds_the_vocabulary(corpus, tmp_path):
     assert loaded.seq_len == model.seq_len and loaded.alphabet == model.alphabet
     x = torch.randint(0, len(model.vocabulary), (2, model.seq_len))
     assert torch.equal(loaded.backbone(x, torch.zeros(2)), model.backbone(x, torch.zeros(2)))
+
+
+@pytest.mark.parametrize("off_by", [-1, 1])
+def test_a_backbone_of_another_vocabulary_size_is_one_line(corpus, off_by):
+    vocabulary = str(corpus / "smiles.json")
+    tokens = len(Vocabulary.load(vocabulary))
+    with pytest.raises(ValueError, match=f"backbone: it must embed and predict the vocabulary's {tokens} tokens"):
+        MoleculeStringDiffusion(DilatedConvDenoiser(tokens + off_by, channels=8), vocabulary)

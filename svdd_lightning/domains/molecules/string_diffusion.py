@@ -33,6 +33,20 @@ class MoleculeStringDiffusion(MaskedDiffusion):
         super().__init__(backbone, vocab.alphabet, vocab.max_length, num_steps, schedule, time_conditioning)
         self.vocabulary = vocab
         self._init_args["vocabulary"] = vocab.to_dict()
+        self._check_backbone()
+
+    def _check_backbone(self) -> None:
+        """A one-line error when the backbone does not embed and predict the vocabulary's tokens and [MASK]."""
+        want = len(self.vocabulary) + 1
+        try:
+            with torch.no_grad():
+                width = self.backbone(torch.full((1, self.seq_len), self.mask_id), torch.zeros(1)).shape[-1]
+        except IndexError:
+            width = None
+        if width != want:
+            raise ValueError(f"backbone: it must embed and predict the vocabulary's {want - 1} tokens and [MASK] "
+                             f"({want} symbols); set its vocab_size to fit (MDLMTransformer: {want}, "
+                             f"DilatedConvDenoiser: {want - 1})")
 
     def encode(self, sequences: Sequence[str]) -> torch.Tensor:
         """SMILES strings -> padded token ids (N, seq_len), with a one-line error for a molecule that does not fit."""

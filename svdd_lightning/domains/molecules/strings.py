@@ -167,13 +167,16 @@ class Vocabulary:
             out[i, : len(tokens)] = torch.tensor([self.ids[t] for t in tokens], dtype=torch.long)
         return out
 
-    def strings(self, ids: torch.Tensor) -> list[str]:
-        """Token rows -> SMILES or SELFIES strings, padding removed."""
-        return ["".join(self.tokens[i] for i in row if i != 0) for row in ids.tolist()]
+    def strings(self, ids: torch.Tensor) -> list[str | None]:
+        """Token rows -> SMILES or SELFIES strings, padding removed; None for a row holding an id outside the
+        vocabulary (a position still masked)."""
+        size = len(self.tokens)
+        return [None if any(i >= size for i in row) else "".join(self.tokens[i] for i in row if i)
+                for row in ids.tolist()]
 
     def decode(self, ids: torch.Tensor) -> list[str | None]:
         """Token rows -> RDKit canonical SMILES, None for a row that is no molecule."""
-        return [to_canonical(s, self.representation) for s in self.strings(ids)]
+        return [None if s is None else to_canonical(s, self.representation) for s in self.strings(ids)]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
