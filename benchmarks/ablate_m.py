@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from svdd_lightning import SVDD  # noqa: E402
+from svdd_lightning.yaml_keys import read_config  # noqa: E402
 
 
 def _is_svdd(spec) -> bool:
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
 
     out = Path(args.output_dir).resolve()
     try:
-        derived = derive_config(yaml.safe_load(Path(args.config).read_text()), args.method, args.m, args.baseline)
+        derived = derive_config(read_config(args.config), args.method, args.m, args.baseline)
     except (OSError, ValueError) as err:
         sys.exit(f"error: {err}")
     config_path = out / "ablation_m.yaml"

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from svdd_lightning.yaml_keys import read_config
+
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = {  # name -> the configs the docs give for it
     "dna_value_mc": ["configs/dna/value_mc.yaml"],
@@ -41,7 +43,7 @@ def sizes_overlay(configs: list[str], folder: Path) -> Path:
     """A config that shrinks the job and sends its outputs under ``folder`` (the export callback kept)."""
     callbacks = None
     for config in configs:
-        callbacks = (yaml.safe_load((ROOT / config).read_text()).get("trainer") or {}).get("callbacks", callbacks)
+        callbacks = (read_config(ROOT / config).get("trainer") or {}).get("callbacks", callbacks)
     for callback in callbacks or []:
         if callback["class_path"].endswith("ExportBest"):
             callback["init_args"]["directory"] = str(folder / "export")

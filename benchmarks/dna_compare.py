@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from svdd_lightning.yaml_keys import read_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,9 +74,7 @@ def main() -> None:
 
 
 def _num_candidates(config: Path) -> int:
-    import yaml
-
-    data = yaml.safe_load(config.read_text())
+    data = read_config(config)
     return int(data["model"]["methods"]["svdd_pm"]["init_args"]["num_candidates"])
 
 

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from svdd_lightning.lightning.expert_iteration import read_configs  # noqa: E402
+from svdd_lightning.yaml_keys import read_config  # noqa: E402
 
 TASKS = {
     "dna": {"compare": "configs/dna/compare.yaml", "finetune": "configs/dna/finetune.yaml",
@@ -54,7 +55,7 @@ AMORTISE_OVER = (1_000, 10_000)
 def eval_config(task: dict, model: str, optimus: str | None) -> dict:
     """The task's compare config reduced to pretrained sampling and SVDD-PM from ``model``, with the ELBO
     under the original pretrained model (and Optimus 5-Prime as a column for the UTR task)."""
-    config = yaml.safe_load((ROOT / task["compare"]).read_text())
+    config = read_config(ROOT / task["compare"])
     config["model"]["model"] = model
     config["model"]["methods"] = {m: config["model"]["methods"][m] for m in METHODS}
     metrics = config["model"]["metrics"]

@@ -1,6 +1,6 @@
 """The samplers beyond SVDD against SVDD and Best-of-N at equal denoiser compute, on a shipped task.
 
-    python benchmarks/frontier.py --task dna|utr_mrl|qed|sa|compress [--budgets 4 10 20] [--num-samples N]
+    python benchmarks/frontier.py --task dna|utr_mrl|qed|sa|compress|flow_compress [--budgets 4 10 20] [--num-samples N]
         [--output-dir runs/frontier_<task>] [--extra --trainer.accelerator gpu ...]
 
 Takes the task's compare config (model, reward, evaluation metrics, writer) and replaces its methods:
@@ -34,6 +34,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from svdd_lightning.yaml_keys import read_config  # noqa: E402
+
 METHODS = ("best_of_n", "svdd_pm", "svdd_ps", "beam", "nested_is", "refinement")
 
 
@@ -48,7 +50,8 @@ class Task:
     per SVDD-PM candidate, so that its denoiser calls match (the draws of continuous models cost rollout
     calls). ``alpha``: nested IS's temperature, a fifth of pretrained sampling's reward spread (top 10%
     minus median) in the committed compare results, not tuned. ``naturalness``: (summary key, label) pairs
-    plotted against the reward.
+    plotted against the reward. ``ode``: a flow model, whose pretrained sampling is run by its ODE too (noise
+    level 0; the compare config's level is the SDE's), in the job ``ode``.
     """
 
     config: str
@@ -61,6 +64,7 @@ class Task:
     ps_select_every: int = 1
     ps_m_per_m: float = 1.0
     evaluation: list[str] = field(default_factory=list)
+    ode: bool = False
 
 
 TASKS = {
@@ -81,6 +85,10 @@ TASKS = {
                      ps={"num_samples": 2, "x0_steps": 2}, ps_select_every=2, ps_m_per_m=0.5,
                      naturalness=[("classifier_confidence.median", "classifier confidence (median)"),
                                   ("classifier_confidence.fraction_above_0.9", "confident digits (p > 0.9)")]),
+    "flow_compress": Task("configs/images/compare_compress_flow.yaml", bon_per_m=1.0, alpha=0.02,
+                          ps={"num_samples": 2, "x0_steps": 2}, ps_select_every=2, ps_m_per_m=0.5, ode=True,
+                          naturalness=[("classifier_confidence.median", "classifier confidence (median)"),
+                                       ("classifier_confidence.fraction_above_0.9", "confident digits (p > 0.9)")]),
 }
 
 
@@ -182,7 +190,11 @@ def collect(task: Task, out: Path) -> list[dict]:
                  if name in summary]
         if "pretrained" in summary:
             pretrained.append(row(task, "pretrained", None, summary["pretrained"], None, batches.get("pretrained", [])))
-    return pretrained[:1] + rows
+    if (out / "ode" / "summary.json").is_file():
+        summary = json.loads((out / "ode" / "summary.json").read_text())
+        pretrained.insert(1, row(task, "pretrained_ode", None, summary["pretrained"], None,
+                                 batch_seconds(out / "ode").get("pretrained", [])))
+    return pretrained[:2] + rows
 
 
 def targets(rows: list[dict], mid: int = 10) -> dict:
@@ -305,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: --budgets must be >= 2 (SVDD-PM's number of candidates), got {args.budgets}")
 
     task = TASKS[args.task]
-    compare = yaml.safe_load((ROOT / (args.config or task.config)).read_text())
+    compare = read_config(ROOT / (args.config or task.config))
     out = Path(args.output_dir or ROOT / "runs" / f"frontier_{args.task}").resolve()
     start, ran = time.time(), []
     # pretrained sampling joins the command's first budget job unless a finished job holds it already
@@ -317,6 +329,10 @@ def main(argv: list[str] | None = None) -> None:
                 methods = {"pretrained": _spec("PretrainedSampling"), **methods}
             run_job(derive_config(compare, methods), out / f"m{m}", args.num_samples, args.extra)
             ran.append(m)
+    if task.ode and not (out / "ode" / "summary.json").is_file():
+        ode = derive_config(compare, {"pretrained": _spec("PretrainedSampling")})
+        ode["model"]["model_args"] = {**ode["model"].get("model_args", {}), "noise_level": 0.0}
+        run_job(ode, out / "ode", args.num_samples, args.extra)
 
     rows = collect(task, out)
     results = Path(args.results_dir)

@@ -5,9 +5,9 @@ import importlib.util
 import json
 
 import pytest
-import yaml
 
 from tiny_dna import ROOT, build_tiny_checkpoints, tiny_overrides
+from svdd_lightning.yaml_keys import read_config
 
 _spec = importlib.util.spec_from_file_location("ablate_m", ROOT / "benchmarks" / "ablate_m.py")
 ablate_m = importlib.util.module_from_spec(_spec)
@@ -16,7 +16,7 @@ _spec.loader.exec_module(ablate_m)
 
 @pytest.fixture(scope="module")
 def compare() -> dict:
-    return yaml.safe_load((ROOT / "configs" / "dna" / "compare.yaml").read_text())
+    return read_config(ROOT / "configs" / "dna" / "compare.yaml")
 
 
 def test_derive_config_names_candidates_and_baselines(compare):
@@ -32,7 +32,7 @@ def test_derive_config_names_candidates_and_baselines(compare):
 
 
 def test_derive_config_keeps_other_svdd_settings():
-    qed = yaml.safe_load((ROOT / "configs" / "molecules" / "compare_qed.yaml").read_text())
+    qed = read_config(ROOT / "configs" / "molecules" / "compare_qed.yaml")
     methods = ablate_m.derive_config(qed, "svdd_pm", [8], [])["model"]["methods"]
     assert list(methods) == ["svdd_pm_m8"]
     source = qed["model"]["methods"]["svdd_pm"]["init_args"]

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from svdd_lightning import checkpoints
 from svdd_lightning.lightning.cli import main_decode, main_train
 
 from test_output_integrity import write_config
 from tiny_dna import LENGTH, build_tiny_checkpoints, write_regions
+from svdd_lightning.yaml_keys import read_config
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +227,7 @@ def test_shipped_training_configs_export_under_runs():
     """A smoke-test fit cannot overwrite a shipped network: every ExportBest of configs/ writes under runs/."""
     found = 0
     for path in Path("configs").rglob("*.yaml"):
-        for callback in (yaml.safe_load(path.read_text()).get("trainer") or {}).get("callbacks") or []:
+        for callback in (read_config(path).get("trainer") or {}).get("callbacks") or []:
             if callback["class_path"].endswith("ExportBest"):
                 found += 1
                 assert callback["init_args"]["directory"].startswith("runs/"), path

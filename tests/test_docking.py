@@ -9,6 +9,7 @@ pytest.importorskip("meeko", reason="VinaDocking needs meeko: pip install meeko"
 
 from svdd_lightning.core.reward import GuardedReward, Reward  # noqa: E402
 from svdd_lightning.domains.molecules.docking import ASSET_RECEPTORS, TARGET_BOXES, VinaDocking  # noqa: E402
+from svdd_lightning.yaml_keys import read_config
 
 BENZAMIDE = "NC(=O)c1ccccc1"  # a PARP1 fragment: the nicotinamide pocket binds it
 DRUG_LIKE = "CC(C)(C)c1ccc(cc1)S(=O)(=O)Nc1ccc(cc1)C(=O)O"  # several seconds to dock
@@ -108,12 +109,11 @@ def test_shipped_receptors_and_config_construction():
 def test_compare_docking_config_runs_on_a_short_grid(tmp_path):
     """configs/molecules/compare_docking_parp1.yaml end to end: 2 molecules per method on a 4-step grid."""
     import json
-    from pathlib import Path
 
     import yaml
     from tiny_dna import run_main
 
-    config = yaml.safe_load(Path("configs/molecules/compare_docking_parp1.yaml").read_text())
+    config = read_config("configs/molecules/compare_docking_parp1.yaml")
     config["model"]["model_args"] = {"num_steps": 4}
     config["model"]["reward"]["init_args"]["processes"] = 1
     config["model"]["max_failure_fraction"] = None  # a 4-step grid may give only invalid molecules in a batch

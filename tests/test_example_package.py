@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from svdd_lightning.lightning.cli import main_decode, main_train
+from svdd_lightning.yaml_keys import read_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "peptide_svdd"
@@ -25,7 +26,7 @@ except ImportError:  # a local run without `pip install -e examples/peptide_svdd
 
 
 def config(name: str) -> dict:
-    return yaml.safe_load((EXAMPLE / "configs" / name).read_text())
+    return read_config(EXAMPLE / "configs" / name)
 
 
 def write(cfg: dict, path: Path) -> str:

@@ -16,12 +16,13 @@ from svdd_lightning import SVDD, PosteriorMeanValue, PretrainedSampling, checkpo
 from svdd_lightning.core.reward import Reward
 from svdd_lightning.evaluation import ELBOMetric
 from svdd_lightning.lightning.decoding import DecodingModule
-from svdd_lightning.lightning.expert_iteration import (compose, expert_iteration, parse_schedule, read_configs,
+from svdd_lightning.lightning.expert_iteration import (expert_iteration, parse_schedule, read_configs,
                                                      scheduled_args)
 from svdd_lightning.diffusion.masked import MaskedDiffusionObjective
 from svdd_lightning.lightning.finetuning import (GuidedFineTuning, GuidedSamplesDataModule,
                                                  generate_guided_samples, read_decode_run, reward_weights)
 from svdd_lightning.lightning.training import ExportBest
+from svdd_lightning.yaml_keys import read_config, compose
 
 from tiny_dna import LENGTH, build_tiny_checkpoints
 
@@ -229,7 +230,7 @@ def test_mixing_in_original_data(tiny, regions, tmp_path):
 
 # --- expert iteration ---------------------------------------------------------------------------------
 def test_expert_iteration_runs_rounds_and_resumes(tiny, tmp_path):
-    config = yaml.safe_load(Path("configs/dna/finetune.yaml").read_text())
+    config = read_config("configs/dna/finetune.yaml")
     config["trainer"].update(max_steps=2, val_check_interval=2, enable_progress_bar=False, enable_model_summary=False,
                              logger=False, accelerator="cpu")
     config["model"]["init_args"].update(model=str(tiny["mdlm"]), data_weight=0.0)
@@ -328,7 +329,7 @@ def test_decode_run_to_fine_tuned_model_to_decode(tiny, regions, tmp_path, keep_
 
     quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
     # the compare job reduced to pretrained sampling and SVDD-PM (the method fine-tuned on)
-    compare = yaml.safe_load(Path("configs/dna/compare.yaml").read_text())
+    compare = read_config("configs/dna/compare.yaml")
     compare["model"]["methods"] = {m: compare["model"]["methods"][m] for m in ("pretrained", "svdd_pm")}
     (tmp_path / "compare.yaml").write_text(yaml.safe_dump(compare))
 
@@ -342,7 +343,7 @@ def test_decode_run_to_fine_tuned_model_to_decode(tiny, regions, tmp_path, keep_
 
     run = tmp_path / "run"
     decode(run, "--data.num_samples", "8", "--data.batch_size", "8")
-    base = yaml.safe_load(Path("configs/dna/finetune.yaml").read_text())
+    base = read_config("configs/dna/finetune.yaml")
     base["trainer"].update(max_steps=3, val_check_interval=3, limit_val_batches=1, logger=False,
                            default_root_dir=str(tmp_path / "fit"))
     base["trainer"]["callbacks"][0]["init_args"]["directory"] = str(tmp_path / "fit" / "model")

@@ -9,6 +9,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
 from svdd_lightning.domains.images.flow_pipelines import Flux, StableDiffusion3, flow_sigmas, pack_latents
 from tiny_images import IMAGE_SIZE, build_tiny_flux, build_tiny_sd3
+from svdd_lightning.yaml_keys import read_config
 
 PROMPTS = ["a cat", "a red dog"]
 
@@ -178,14 +179,13 @@ def test_the_sd3_pickscore_config_decodes_end_to_end_on_tiny_files(tmp_path):
     import json
     from pathlib import Path
 
-    import yaml
     from transformers import CLIPConfig, CLIPModel
 
     from test_preference_rewards import TEXT, VISION
     from test_sd_decode import QUIET, decode
     from tiny_images import save_tiny_clip_tokenizer
 
-    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/images/sd3_pickscore.yaml").read_text())
+    config = read_config(Path(__file__).resolve().parents[1] / "configs/images/sd3_pickscore.yaml")
     torch.manual_seed(0)
     CLIPModel(CLIPConfig(text_config=TEXT, vision_config=VISION, projection_dim=6)).save_pretrained(tmp_path / "ps")
     config["trainer"].update(accelerator="cpu", **QUIET)

@@ -9,6 +9,7 @@ import pytest
 
 from svdd_lightning import SVDD, BeamSearch, BestOfN, Decoder, NestedIS, Refinement
 from tiny_dna import ROOT, build_tiny_checkpoints, tiny_overrides
+from svdd_lightning.yaml_keys import read_config
 
 _spec = importlib.util.spec_from_file_location("frontier", ROOT / "benchmarks" / "frontier.py")
 frontier = importlib.util.module_from_spec(_spec)
@@ -35,14 +36,13 @@ def test_budget_methods_match_svdd_pm_and_instantiate():
 
 def test_shipped_dna_frontier_config_is_the_benchmark_at_m10():
     """configs/dna/frontier.yaml builds the same decoders as ``frontier.py --task dna --budgets 10``."""
-    import yaml
     from jsonargparse import ArgumentParser
 
     from svdd_lightning.lightning.fingerprint import describe
 
     parser = ArgumentParser()
     parser.add_argument("--methods", type=dict[str, Decoder])
-    shipped = yaml.safe_load((ROOT / "configs" / "dna" / "frontier.yaml").read_text())["model"]["methods"]
+    shipped = read_config(ROOT / "configs" / "dna" / "frontier.yaml")["model"]["methods"]
     benchmark = {"pretrained": {"class_path": "svdd_lightning.PretrainedSampling"},
                  **frontier.budget_methods(frontier.TASKS["dna"], 10)}
     assert list(shipped) == list(benchmark)

@@ -26,6 +26,7 @@ from svdd_lightning.lightning.cli import main_decode, main_train
 from svdd_lightning.lightning.training import ExportBest
 
 from test_images_diffusers import tiny_model
+from svdd_lightning.yaml_keys import read_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "images"
@@ -41,7 +42,7 @@ def tiny_unet(sample_size: int = 32) -> dict:
 
 
 def load_config(name: str) -> dict:
-    return yaml.safe_load((CONFIGS / name).read_text())
+    return read_config(CONFIGS / name)
 
 
 def write_config(config: dict, path: Path) -> Path:

@@ -21,6 +21,7 @@ from svdd_lightning.lightning.rollouts import RolloutDataModule, generate_rollou
 
 from test_graph_diffusion import N, mixed_size_state, tiny_model
 from tiny_dna import run_main
+from svdd_lightning.yaml_keys import read_config
 
 QM9 = "checkpoints/molecules/gdss_qm9"
 
@@ -172,7 +173,7 @@ def value_network(tmp_path_factory) -> Path:
 
 
 def test_compare_job_writes_molecule_outputs_for_every_method(value_network, tmp_path):
-    config = yaml.safe_load(Path("configs/molecules/compare_qed.yaml").read_text())
+    config = read_config("configs/molecules/compare_qed.yaml")
     model = config["model"]
     model["model_args"] = {"num_steps": 6}
     model["max_failure_fraction"] = None  # a 6-step grid may give only invalid molecules in a batch

@@ -18,6 +18,7 @@ from svdd_lightning.domains.images.outputs import from_pil
 from svdd_lightning.lightning.cli import main_decode
 from svdd_lightning.lightning.decoding import sample_seed
 from tiny_images import IMAGE_SIZE, build_tiny_sd, random_aesthetic_predictor
+from svdd_lightning.yaml_keys import read_config
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "images" / "sd_aesthetic.yaml"
 METHODS = {"pretrained", "best_of_n", "smc", "svdd_pm"}
@@ -45,7 +46,7 @@ def tiny_files(tmp_path_factory) -> dict[str, Path]:
 
 def tiny_config(files: dict[str, Path]) -> dict:
     """The shipped config on the tiny files: 2 steps, M = N = 2, 2 prompts x 2 samples, batches of 2, CPU."""
-    config = yaml.safe_load(CONFIG.read_text())
+    config = read_config(CONFIG)
     config["trainer"].update(accelerator="cpu", precision="32-true", **QUIET)
     model = config["model"]
     model["model"]["init_args"].update(path=str(files["sd"]), prompts=PROMPTS, num_steps=NUM_STEPS)
@@ -85,7 +86,7 @@ def png(path: Path) -> torch.Tensor:
 
 
 def test_shipped_config_names_the_users_sd_folder_and_the_papers_settings():
-    config = yaml.safe_load(CONFIG.read_text())
+    config = read_config(CONFIG)
     model = config["model"]["model"]
     assert model["class_path"] == "svdd_lightning.domains.images.diffusers_model.StableDiffusion"
     assert model["init_args"]["path"] == "models/stable-diffusion-v1-5" and len(model["init_args"]["prompts"]) == 4

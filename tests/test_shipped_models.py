@@ -105,3 +105,20 @@ def test_shipped_gdss_model_samples_mostly_valid_molecules():
     with torch.inference_mode():
         smiles = PretrainedSampling().sample(model, lambda s: [0.0] * len(s), generators(16)).samples
     assert validity(smiles) >= 0.75, smiles  # 97.3% over 1,000 samples (benchmarks/results)
+
+
+# --- the MNIST rectified flow -------------------------------------------------------------------------
+def test_shipped_mnist_flow_samples_digits_the_classifier_recognises():
+    from svdd_lightning.domains.images.pixel_flow import PixelFlow
+    from svdd_lightning.domains.images.rewards import ClassifierConfidence
+
+    path = ROOT / "checkpoints/images/flow_mnist"
+    test_shipped_checkpoints_are_safetensors_with_their_training_record(path, "val/loss")
+    model = checkpoints.load(path)
+    assert isinstance(model, PixelFlow) and model.noise_level == 0.7 and model.num_steps == 50
+    confidence = ClassifierConfidence(ROOT / "checkpoints/images/classifier_mnist")
+    with torch.inference_mode():
+        result = PretrainedSampling().sample(model, confidence, generators(16))
+    assert result.stats.denoiser_calls == 16 * 50
+    # 74.2% of 1,000 samples are classified with confidence > 0.9 (benchmarks/results/image_model_quality.json)
+    assert sum(float(r) > 0.9 for r in result.rewards) >= 8

@@ -5,6 +5,8 @@
    p_pre(x_0) and the exact soft value v_k(x) = alpha log E_pre[exp(r(x_0) / alpha) | x_k].
 2. A 2-D Gaussian-mixture DDPM whose noise prediction is analytic (the noised marginal of a GMM is
    a GMM), for the continuous-state decoders and DPS.
+3. A 2-D Gaussian-mixture rectified flow whose velocity is analytic, and for both continuous toys the
+   exact soft value of a linear reward and the reward-tilted mixture they should sample.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from svdd_lightning.core.reward import Reward
 from svdd_lightning.core.run import Candidates
 from svdd_lightning.core.value import Value
 from svdd_lightning.diffusion.backbones import embed_tokens
+from svdd_lightning.diffusion.flow import RectifiedFlow
 from svdd_lightning.diffusion.masked import MaskedDiffusion
 
 
@@ -287,16 +290,17 @@ class GaussianMixtureDDPM(DiffusionModel):
     sum_j w_j N(sqrt(abar_i) mu_j, (abar_i sigma0^2 + 1 - abar_i) I), so the optimal noise
     prediction eps(x, i) = -sqrt(1 - abar_i) grad log q_i(x) is analytic. Level k is diffusion
     index i = T - k (level 0: x_T ~ N(0, I); level T: clean). A step is DDPM's ancestral update
-    with the posterior variance beta~_i (zero on the last step).
+    with the posterior variance beta~_i (zero on the last step). ``num_conditions`` as
+    :class:`GaussianMixtureFlow`'s (independent SMC populations; the law ignores the condition).
     """
 
     denoiser_uses_level = True
 
     def __init__(self, means: Sequence[Sequence[float]] = ((-2.0, 0.0), (2.0, 0.0), (0.0, 2.5)),
                  weights: Sequence[float] = (0.5, 0.3, 0.2), sigma0: float = 0.4, num_steps: int = 50,
-                 beta_start: float = 1e-3, beta_end: float = 0.2) -> None:
+                 beta_start: float = 1e-3, beta_end: float = 0.2, num_conditions: int = 1) -> None:
         super().__init__()
-        self.num_steps = num_steps
+        self.num_steps, self.num_conditions = num_steps, num_conditions
         self.register_buffer("means", torch.tensor(means, dtype=torch.float64))
         w = torch.tensor(weights, dtype=torch.float64)
         self.register_buffer("log_weights", (w / w.sum()).log())
@@ -314,6 +318,11 @@ class GaussianMixtureDDPM(DiffusionModel):
 
     def index(self, level: int) -> int:
         return self.num_steps - level
+
+    def coefficients(self, level: int) -> tuple[float, float]:
+        """(a, b) of x_i = a x_0 + b eps at ``level``: (sqrt(abar_i), sqrt(1 - abar_i))."""
+        abar = float(self.abar[self.index(level)])
+        return math.sqrt(abar), math.sqrt(1 - abar)
 
     def eps(self, x: torch.Tensor, level: int) -> torch.Tensor:
         """Exact E[eps | x_i] for the mixture (differentiable in x)."""
@@ -396,3 +405,101 @@ class FirstCoordinate(Reward):
 
     def relaxed(self, x: torch.Tensor) -> torch.Tensor:
         return x[..., 0]
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Gaussian-mixture rectified flow, exact soft values of a linear reward, the tilted mixture
+# ------------------------------------------------------------------------------------------------
+def mixture_posterior(x: torch.Tensor, means: torch.Tensor, log_weights: torch.Tensor, sigma0: float, a: float,
+                      b: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """The law of x_0 given x = a x_0 + b eps, x_0 ~ sum_j w_j N(mu_j, sigma0^2 I), eps ~ N(0, I).
+
+    Component j: x ~ N(a mu_j, s^2 I), s^2 = a^2 sigma0^2 + b^2. Returns the responsibilities (N, J),
+    E[x_0 | x, j] = mu_j + a sigma0^2 / s^2 (x - a mu_j) (N, J, D), E[eps | x, j] = b / s^2 (x - a mu_j)
+    (N, J, D) and Var[x_0 | x, j] = sigma0^2 b^2 / s^2 (per coordinate)."""
+    var = a ** 2 * sigma0 ** 2 + b ** 2
+    diff = x.unsqueeze(1) - a * means.to(x.dtype)  # (N, J, D)
+    resp = torch.softmax(log_weights.to(x.dtype) - (diff ** 2).sum(-1) / (2 * var), dim=1)
+    return resp, means.to(x.dtype) + a * sigma0 ** 2 / var * diff, b / var * diff, sigma0 ** 2 * b ** 2 / var
+
+
+def tilted_mixture(means: torch.Tensor, weights: torch.Tensor, sigma0: float, w: torch.Tensor,
+                   alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """exp(w.x / alpha) sum_j w_j N(mu_j, sigma0^2 I), normalised: the means mu_j + sigma0^2 w / alpha and the
+    weights w_j exp(w.mu_j / alpha + sigma0^2 |w|^2 / (2 alpha^2)), renormalised."""
+    log_w = weights.log() + means @ w / alpha + sigma0 ** 2 * (w @ w) / (2 * alpha ** 2)
+    return means + sigma0 ** 2 * w / alpha, torch.softmax(log_w, 0)
+
+
+class MixtureVelocity(nn.Module):
+    """The exact velocity E[eps - x_0 | x_t] of sum_j w_j N(mu_j, sigma0^2 I) under x_t = (1 - t) x_0 + t eps."""
+
+    def __init__(self, means: torch.Tensor, log_weights: torch.Tensor, sigma0: float) -> None:
+        super().__init__()
+        self.register_buffer("means", means)
+        self.register_buffer("log_weights", log_weights)
+        self.sigma0 = sigma0
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        s = float(t[0])  # every row is at the same time in the chain's calls
+        resp, x0, eps, _ = mixture_posterior(x, self.means, self.log_weights, self.sigma0, 1 - s, s)
+        return (resp.unsqueeze(-1) * (eps - x0)).sum(1)
+
+
+class GaussianMixtureFlow(RectifiedFlow):
+    """A :class:`RectifiedFlow` whose velocity is the exact one of a 2-D Gaussian mixture (float64 states).
+
+    The marginal at time t is sum_j w_j N((1 - t) mu_j, ((1 - t)^2 sigma0^2 + t^2) I).
+    ``num_conditions`` > 1 makes SMC and nested IS run that many independent populations in one call (sample i
+    in population i % num_conditions); the law ignores the condition.
+    """
+
+    def __init__(self, means: Sequence[Sequence[float]] = ((-2.0, 0.0), (2.0, 0.0), (0.0, 2.5)),
+                 weights: Sequence[float] = (0.5, 0.3, 0.2), sigma0: float = 0.4, num_steps: int = 100,
+                 noise_level: float = 0.7, shift: float = 1.0, num_conditions: int = 1) -> None:
+        w = torch.tensor(weights, dtype=torch.float64)
+        super().__init__(MixtureVelocity(torch.tensor(means, dtype=torch.float64), (w / w.sum()).log(), sigma0),
+                         (2,), num_steps=num_steps, shift=shift, noise_level=noise_level, dtype=torch.float64)
+        self.means, self.log_weights, self.sigma0 = self.network.means, self.network.log_weights, sigma0
+        self.num_conditions = num_conditions
+
+    def coefficients(self, level: int) -> tuple[float, float]:
+        """(a, b) of x_k = a x_0 + b eps at ``level``."""
+        t = self.time(level)
+        return 1 - t, t
+
+
+class LinearReward(Reward):
+    """r(x) = w.x on 2-D points (decoded lists or tensors), read from the states directly, differentiable."""
+
+    name = "linear"
+
+    def __init__(self, w: Sequence[float]) -> None:
+        self.w = torch.tensor(w, dtype=torch.float64)
+
+    def __call__(self, samples: Sequence[Sequence[float]]) -> list[float]:
+        return [float(torch.as_tensor(s, dtype=torch.float64) @ self.w) for s in samples]
+
+    def score_states(self, model: DiffusionModel, x0: torch.Tensor) -> torch.Tensor:
+        return x0 @ self.w.to(x0)
+
+    def relaxed(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w.to(x)
+
+
+class MixtureSoftValue(Value):
+    """The exact soft value of a linear reward r(x) = w.x on a Gaussian-mixture toy (a model with ``means``,
+    ``log_weights``, ``sigma0`` and ``coefficients(level)``): under the posterior of x_0 given x_k, a mixture
+    of N(m_j, c I) with responsibilities rho_j,
+    v_k(x) = alpha log E[exp(w.x_0 / alpha) | x_k] = alpha log sum_j rho_j exp(w.m_j / alpha + c |w|^2 / (2 alpha^2))."""
+
+    def __init__(self, w: Sequence[float], alpha: float) -> None:
+        self.w, self.alpha = torch.tensor(w, dtype=torch.float64), alpha
+
+    def __call__(self, candidates: Candidates) -> torch.Tensor:
+        model, x = candidates.run.model, candidates.x
+        candidates.run.stats.value_calls += x.shape[0]
+        a, b = model.coefficients(candidates.level)
+        resp, x0, _, c = mixture_posterior(x, model.means, model.log_weights, model.sigma0, a, b)
+        w = self.w.to(x)
+        return self.alpha * torch.logsumexp(resp.log() + x0 @ w / self.alpha + c * (w @ w) / (2 * self.alpha ** 2), 1)

@@ -112,31 +112,17 @@ def _check(base: dict, config: str, extra_args: list[str]) -> None:
                              f"--output_dir); change it in the config instead")
 
 
-def compose(base: dict, overlay: dict) -> dict:
-    """``overlay``'s settings over ``base``'s, nested dicts merged key by key; a dict whose ``class_path``
-    differs from the base's replaces it whole (its ``init_args`` belong to another class)."""
-    merged = copy.deepcopy(base)
-    for key, value in overlay.items():
-        old = merged.get(key)
-        if (isinstance(old, dict) and isinstance(value, dict)
-                and value.get("class_path", old.get("class_path")) == old.get("class_path")):
-            merged[key] = compose(old, value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
 def read_configs(configs: str | Path | list[str | Path] | tuple[str | Path, ...]) -> dict:
-    """The configs, found as ``train.py`` finds them and composed in order (:func:`compose`)."""
+    """The configs, found as ``train.py`` finds them and composed in order (:func:`~svdd_lightning.yaml_keys.compose`)."""
     composed: dict = {}
     for config in [configs] if isinstance(configs, (str, Path)) else configs:
         path = find(config)  # a shipped config from any working directory
         if not path.is_file():
             raise FileNotFoundError(f"--config: no file {config}")
-        text = yaml_keys.safe_load(path.read_text(), str(config))
+        text = yaml_keys.read_config(path, str(config))
         if not isinstance(text, dict):
             raise ValueError(f"--config {config}: expected a YAML mapping of train.py fit settings")
-        composed = compose(composed, text)
+        composed = yaml_keys.compose(composed, text)
     return composed
 
 

@@ -20,7 +20,8 @@ x_{t-d} = x_t - [v + s_t^2 / (2t) (x_t + (1 - t) v)] d + s_t sqrt(d) eps, s_t = 
 at t = 1 the next sigma stands in for t under the root). The step to t = 0 is x0_hat in both cases. SVDD with
 M > 1 candidates, SMC and the search decoders need a > 0 (with a = 0 every candidate is the same). ``x0_samples`` (the posterior-sampling value) rolls out
 SDE steps on a subgrid; ``forward_noise`` (refinement) and ``guided_prediction`` (DPS through x0_hat) follow
-the same interpolant.
+the same interpolant. The math is :mod:`svdd_lightning.diffusion.flow`'s, shared with
+:class:`~svdd_lightning.diffusion.RectifiedFlow`.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from torch import nn
 
 from ...core.model import DiffusionModel
 from ...core.state import repeat_rows
+from ...diffusion.flow import dps_velocity, even_subgrid, flow_step, interpolate, rollout, x0_from_velocity
 from ...extras import require
 from .diffusers_model import row_noise, tag_prompts
 
@@ -164,7 +166,7 @@ class FlowPipelineChain(DiffusionModel):
         return self.velocity(x, level)
 
     def x0_hat(self, x: ImageState, prediction: torch.Tensor, level: int) -> ImageState:
-        return {**x, "latents": x["latents"] - self.sigmas[level] * prediction}
+        return {**x, "latents": x0_from_velocity(x["latents"], prediction, self.sigmas[level])}
 
     def propose(self, x: ImageState, prediction: torch.Tensor, level: int, generators: Sequence[torch.Generator],
                 num_candidates: int) -> ImageState:
@@ -177,17 +179,10 @@ class FlowPipelineChain(DiffusionModel):
 
     def _step(self, latents: torch.Tensor, v: torch.Tensor, level: int, to: int,
               generators: Sequence[torch.Generator]) -> torch.Tensor:
-        """From sigma_level to sigma_to: x0_hat when sigma_to = 0, else an Euler (a = 0) or SDE step; row i's
-        noise from ``generators[i]``."""
-        t, t_next = self.sigmas[level], self.sigmas[to]
-        if t_next == 0:
-            return latents - t * v
-        dt = t - t_next
-        if self.noise_level == 0:
-            return latents - dt * v
-        std = self.noise_level * (t / (1 - (self.sigmas[1] if t == 1 else t))).sqrt()
-        drift = v + std ** 2 / (2 * t) * (latents + (1 - t) * v)
-        return latents - drift * dt + std * dt.sqrt() * row_noise(self.sample_shape, generators, 1, latents.device)
+        """:func:`~svdd_lightning.diffusion.flow.flow_step` from sigma_level to sigma_to; row i's noise from
+        ``generators[i]``."""
+        return flow_step(latents, v, self.sigmas[level], self.sigmas[to], self.noise_level,
+                         lambda: row_noise(self.sample_shape, generators, 1, latents.device), self.sigmas[1])
 
     def x0_samples(self, x: ImageState, prediction: torch.Tensor, level: int, generators: Sequence[torch.Generator],
                    num_samples: int, num_steps: int) -> ImageState:
@@ -196,12 +191,9 @@ class FlowPipelineChain(DiffusionModel):
         num_steps = min(num_steps, self.num_steps - level)
         state, v = repeat_rows(x, num_samples), prediction.repeat_interleave(num_samples, dim=0)
         rows = [g for g in generators for _ in range(num_samples)]
-        levels = torch.linspace(level, self.num_steps, num_steps + 1).round().long().tolist()
-        latents = state["latents"]
-        for j in range(num_steps):
-            if j:
-                v = self.velocity({**state, "latents": latents}, levels[j])
-            latents = self._step(latents, v, levels[j], levels[j + 1], rows)
+        latents = rollout(state["latents"], v, even_subgrid(level, self.num_steps, num_steps),
+                          lambda latents, k: self.velocity({**state, "latents": latents}, k),
+                          lambda latents, v, k, to: self._step(latents, v, k, to, rows))
         return {**state, "latents": latents}
 
     def forward_noise(self, x0: ImageState, level: int, generators: Sequence[torch.Generator]) -> ImageState:
@@ -210,20 +202,18 @@ class FlowPipelineChain(DiffusionModel):
         if t == 0:
             return x0
         noise = row_noise(self.sample_shape, generators, 1, x0["latents"].device)
-        return {**x0, "latents": (1 - t) * x0["latents"] + t * noise}
+        return {**x0, "latents": interpolate(x0["latents"], noise, t)}
 
     def guided_prediction(self, x: ImageState, level: int, guidance: Callable[[torch.Tensor], torch.Tensor],
                           scale: float) -> torch.Tensor:
-        """DPS: the velocity whose score is the model's plus ``scale`` times the gradient g with respect to x_t
-        of ``guidance(images of x0_hat(x_t))`` (through the network): v' = v - scale t / (1 - t) g, since
-        x0_hat = (x_t + t^2 score) / (1 - t) and x0_hat = x_t - t v (at t = 1 the next sigma stands in for t
-        in 1 - t)."""
+        """DPS (:func:`~svdd_lightning.diffusion.flow.dps_velocity`) with the gradient with respect to x_t of
+        ``guidance(images of x0_hat(x_t))``, through the network."""
         latents = x["latents"].detach().requires_grad_(True)
         state = {**x, "latents": latents}
         v = self.velocity(state, level)
         t = self.sigmas[level]
-        (grad,) = torch.autograd.grad(guidance(self._images(latents - t * v)).sum(), latents)
-        return v.detach() - scale * t / (1 - (self.sigmas[1] if t == 1 else t)) * grad
+        (grad,) = torch.autograd.grad(guidance(self._images(x0_from_velocity(latents, v, t))).sum(), latents)
+        return dps_velocity(v.detach(), grad, t, scale, self.sigmas[1])
 
     def decode(self, x0: ImageState) -> list[torch.Tensor]:
         """Images as float32 CPU tensors (C, H, W) in [0, 1], each carrying its prompt as ``image.prompt``."""
