@@ -286,8 +286,9 @@ def plot(rows: list[dict], task: Task, title: str, path: Path, naturalness_path:
         for r in rows:
             if r.get(key) is None:
                 continue
-            colour = "k" if r["method"] == "pretrained" else colours[r["method"]]
-            ax.scatter(r[key], r["median"], color=colour, marker="*" if r["method"] == "pretrained" else "o",
+            baseline = r["budget"] is None  # pretrained sampling (and a flow's ODE sampling)
+            colour = {"pretrained": "k", "pretrained_ode": "grey"}.get(r["method"]) or colours[r["method"]]
+            ax.scatter(r[key], r["median"], color=colour, marker="*" if baseline else "o",
                        s=30 + 4 * (r["budget"] or 4))
             ax.annotate(r["method"] if r["budget"] is None else f"{r['method']} {r['budget']}", (r[key], r["median"]),
                         fontsize=6, alpha=0.7)
