@@ -12,6 +12,7 @@ import yaml
 
 from svdd_lightning import checkpoints
 from svdd_lightning.domains.molecules.string_diffusion import MoleculeStringDiffusion
+from svdd_lightning.yaml_keys import read_config
 from tiny_dna import ROOT, run_main
 
 CONFIG = "configs/molecules/pretrain_moses_smiles.yaml"
@@ -54,7 +55,7 @@ def test_two_steps_export_a_molecule_string_model(trained):
 
 def test_the_compare_config_decodes_it_with_the_moses_set_metrics(trained, tmp_path):
     export, csv = trained
-    config = yaml.safe_load((ROOT / "configs/molecules/compare_qed_moses_smiles.yaml").read_text())
+    config = read_config(ROOT / "configs/molecules/compare_qed_moses_smiles.yaml")
     model = config["model"]
     model.update(model=str(export), model_args={"num_steps": 4}, max_failure_fraction=None)
     model["reward"]["init_args"]["processes"] = 1
