@@ -229,8 +229,10 @@ class ValueRegression(L.LightningModule):
             print(f"value network warm-started from {warm_start}: {counts}")
         # soft Q-learning bootstraps from a slowly moving copy of the network (its EMA)
         self.target_network = exponential_moving_average(network, target_decay) if target == "soft_q" else None
-        self.val_mse, self.val_pearson, self.val_spearman = MeanSquaredError(), PearsonCorrCoef(), SpearmanCorrCoef()
-        self.bucket_pearson = nn.ModuleList(PearsonCorrCoef() for _ in range(num_buckets))
+        # float64 states: the merged running moments of DDP ranks then match one process's to rounding
+        self.val_mse, self.val_pearson, self.val_spearman = (metric().set_dtype(torch.float64) for metric in
+                                                             (MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef))
+        self.bucket_pearson = nn.ModuleList(PearsonCorrCoef().set_dtype(torch.float64) for _ in range(num_buckets))
         self.bucket_seen = [False] * num_buckets
 
     def bucket_names(self) -> list[str]:
@@ -273,7 +275,7 @@ class ValueRegression(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, t, reward = batch[:3]
-        pred = self.network(x, t)
+        pred, reward = self.network(x, t).double(), reward.double()
         for metric in (self.val_mse, self.val_pearson, self.val_spearman):
             metric.update(pred, reward)
         buckets = (t * self.hparams.num_buckets).long().clamp_(0, self.hparams.num_buckets - 1)
