@@ -1,6 +1,6 @@
 """The samplers beyond SVDD against SVDD and Best-of-N at equal denoiser compute, on a shipped task.
 
-    python benchmarks/frontier.py --task dna|utr_mrl|qed|sa|compress|flow_compress [--budgets 4 10 20] [--num-samples N]
+    python benchmarks/frontier.py --task dna|utr_mrl|qed|sa|moses_qed|compress|flow_compress [--budgets 4 10 20] [--num-samples N]
         [--output-dir runs/frontier_<task>] [--extra --trainer.accelerator gpu ...]
 
 Takes the task's compare config (model, reward, evaluation metrics, writer) and replaces its methods:
@@ -81,6 +81,10 @@ TASKS = {
     "sa": Task("configs/molecules/compare_sa.yaml", bon_per_m=1.2, alpha=0.04, select_every=10, x0_steps=6,
                ps={"num_samples": 2, "x0_steps": 4}, ps_select_every=10, ps_m_per_m=2.5 / 2.6,
                naturalness=[("validity", "validity"), ("novelty", "novelty")], evaluation=["qed.median"]),
+    # nested IS's alpha from MOSES test's QED spread (median 0.82, top 10% 0.92), no compare results yet
+    "moses_qed": Task("configs/molecules/compare_qed_moses.yaml", bon_per_m=1.0, alpha=0.02, ps={"num_samples": 4},
+                      naturalness=[("validity", "validity"), ("novelty", "novelty"), ("fcd_test", "FCD to MOSES test")],
+                      evaluation=["sa.median"]),
     "compress": Task("configs/images/compare_compress.yaml", bon_per_m=1.0, alpha=0.02,
                      ps={"num_samples": 2, "x0_steps": 2}, ps_select_every=2, ps_m_per_m=0.5,
                      naturalness=[("classifier_confidence.median", "classifier confidence (median)"),

@@ -8,7 +8,8 @@ pytest.importorskip("vina", reason="VinaDocking needs AutoDock Vina: pip install
 pytest.importorskip("meeko", reason="VinaDocking needs meeko: pip install meeko")
 
 from svdd_lightning.core.reward import GuardedReward, Reward  # noqa: E402
-from svdd_lightning.domains.molecules.docking import ASSET_RECEPTORS, TARGET_BOXES, VinaDocking  # noqa: E402
+from svdd_lightning.domains.molecules.docking import ASSET_RECEPTORS, TARGET_BOXES, DockingQEDSA, VinaDocking  # noqa: E402
+from svdd_lightning.domains.molecules.rewards import qed_score, sa_score  # noqa: E402
 from svdd_lightning.yaml_keys import read_config
 
 BENZAMIDE = "NC(=O)c1ccccc1"  # a PARP1 fragment: the nicotinamide pocket binds it
@@ -132,3 +133,13 @@ def test_compare_docking_config_runs_on_a_short_grid(tmp_path):
     for entry in summary.values():
         assert entry["n"] == 2 and entry["reward"]["mean"] >= 0.0  # max(0, -Vina score); failures floor at 0
     assert summary["svdd_pm"]["per_sample"]["reward_calls"] <= 2 * 2 + 1  # 2 selections of 2 candidates, + final
+
+
+def test_drug_design_objective_multiplies_normalised_docking_qed_and_sa(parp1):
+    objective = DockingQEDSA(parp1)
+    values = objective([BENZAMIDE, "", "CCO.C"])
+    expected = min(parp1([BENZAMIDE])[0], 20.0) / 20.0 * qed_score(BENZAMIDE) * sa_score(BENZAMIDE)
+    assert values[0] == pytest.approx(expected) and 0.0 < values[0] < 1.0
+    assert values[1:] == [None, None]  # invalid; cannot be docked
+    with pytest.raises(ValueError, match="DockingQEDSA.docking must be a VinaDocking"):
+        DockingQEDSA(lambda s: [1.0] * len(s))

@@ -33,7 +33,10 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     """(the exported model, the tiny CSV): ``train.py fit`` with the shipped config, 2 steps of a tiny DiT."""
     root = tmp_path_factory.mktemp("moses")
     pd.DataFrame({"SMILES": MOLECULES}).to_csv(root / "train.csv", index=False)
-    run_main("train.py", "fit", "--config", CONFIG, "--data.init_args.path", str(root / "train.csv"),
+    config = read_config(ROOT / CONFIG)
+    config["trainer"]["callbacks"][0]["init_args"]["directory"] = str(root / "export")
+    (root / "pretrain.yaml").write_text(yaml.safe_dump(config))
+    run_main("train.py", "fit", "--config", str(root / "pretrain.yaml"), "--data.init_args.path", str(root / "train.csv"),
              "--data.init_args.val_fraction", "0.3", "--data.init_args.batch_size", "4",
              "--model.init_args.model.init_args.backbone.init_args.hidden_size", "16",
              "--model.init_args.model.init_args.backbone.init_args.cond_dim", "8",
@@ -41,8 +44,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
              "--model.init_args.model.init_args.backbone.init_args.n_heads", "2",
              "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
              "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
-             "--trainer.default_root_dir", str(root / "runs"),
-             "--trainer.callbacks.init_args.directory", str(root / "export"))
+             "--trainer.default_root_dir", str(root / "runs"))
     return root / "export", root / "train.csv"
 
 
@@ -55,7 +57,7 @@ def test_two_steps_export_a_molecule_string_model(trained):
 
 def test_the_compare_config_decodes_it_with_the_moses_set_metrics(trained, tmp_path):
     export, csv = trained
-    config = read_config(ROOT / "configs/molecules/compare_qed_moses_smiles.yaml")
+    config = read_config(ROOT / "configs/molecules/compare_qed_moses.yaml")
     model = config["model"]
     model.update(model=str(export), model_args={"num_steps": 4}, max_failure_fraction=None)
     model["reward"]["init_args"]["processes"] = 1

@@ -30,7 +30,7 @@ from rdkit.Chem import AllChem
 from ...core.reward import Reward
 from ...extras import require
 from ...paths import find
-from .rewards import canonical
+from .rewards import canonical, qed_score, sa_score
 
 log = logging.getLogger(__name__)
 
@@ -288,3 +288,34 @@ class VinaDocking(Reward):
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_workers": []}
+
+
+
+class DockingQEDSA(Reward):
+    """MOOD's drug-design objective (Lee et al. 2023): normalised docking x QED x normalised SA, in [0, 1].
+
+    DS^ = min(20, max(0, -Vina score)) / 20 and SA^ = (10 - SA) / 9, so a molecule scores high only when it
+    binds, is drug-like and is easy to make. A molecule that is invalid or cannot be docked scores None.
+    Docking keeps its cache and worker processes (``docking.scores``, :meth:`close`).
+
+    Args:
+        docking: the :class:`VinaDocking` reward of the target.
+        name: the reward's name in outputs.
+    """
+
+    unit = "DS^ x QED x SA^, 0-1"
+
+    def __init__(self, docking: VinaDocking, name: str = "docking_qed_sa") -> None:
+        if not isinstance(docking, VinaDocking):
+            raise ValueError(f"DockingQEDSA.docking must be a VinaDocking reward, got {type(docking).__name__}")
+        self.docking, self.name = docking, name
+
+    def __call__(self, smiles: Sequence[str]) -> list[float | None]:
+        rewards: list[float | None] = []
+        for s, dock in zip(smiles, self.docking(smiles)):
+            qed, sa = qed_score(s), sa_score(s)
+            rewards.append(None if dock is None or qed is None else min(dock, 20.0) / 20.0 * qed * sa)
+        return rewards
+
+    def close(self) -> None:
+        self.docking.close()
