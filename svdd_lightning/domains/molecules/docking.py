@@ -290,7 +290,6 @@ class VinaDocking(Reward):
         return {**self.__dict__, "_workers": []}
 
 
-
 class DockingQEDSA(Reward):
     """MOOD's drug-design objective (Lee et al. 2023): normalised docking x QED x normalised SA, in [0, 1].
 
