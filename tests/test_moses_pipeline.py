@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from svdd_lightning import checkpoints
+from svdd_lightning.domains.dna.oracles import EnformerStyleClassifier
 from svdd_lightning.domains.molecules.string_diffusion import MoleculeStringDiffusion
 from svdd_lightning.yaml_keys import read_config
 from tiny_dna import ROOT, run_main
@@ -96,3 +97,61 @@ def test_the_moses_benchmark_writes_its_figures(trained, tmp_path):
     assert result["samples"] == 4 and 0 <= result["validity"] <= 1 and result["num_steps"] == 4
     assert {"unique@1000", "unique@10000", "novelty", "internal_diversity", "fcd_test", "wasserstein_qed",
             "wasserstein_sa", "wasserstein_logp", "wasserstein_weight"} <= set(result)
+
+
+@pytest.fixture(scope="module")
+def value_network(trained, tmp_path_factory) -> Path:
+    """``train.py fit`` with the shipped token value-network config on 16 rollouts of the tiny model."""
+    export, _ = trained
+    root = tmp_path_factory.mktemp("moses_value")
+    run_main("train.py", "fit", "--config", "configs/molecules/value_mc_qed_moses.yaml",
+             "--data.init_args.model", str(export), "--data.init_args.model_args", '{"num_steps": 4}',
+             "--data.init_args.num_rollouts", "16", "--data.init_args.val_rollouts", "16",
+             "--data.init_args.shard_size", "16", "--data.init_args.levels_per_rollout", "2",
+             "--data.init_args.cache_dir", str(root / "rollouts"), "--data.init_args.reward.init_args.processes", "1",
+             "--data.init_args.batch_size", "8",
+             "--model.init_args.network.init_args.seq_len", "54",        # the tiny model is over SMILES tokens
+             "--model.init_args.network.init_args.input_symbols", "26",  # its 25 tokens and [MASK]
+             "--model.init_args.network.init_args.stem_channels", "8",
+             "--model.init_args.network.init_args.tower_channels", "[8, 8]",
+             "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(root / "runs"),
+             "--trainer.enable_progress_bar", "false", "--trainer.callbacks.init_args.directory", str(root / "export"))
+    return root / "export"
+
+
+def test_the_value_config_trains_a_time_conditioned_token_network(value_network):
+    network = checkpoints.load(value_network)
+    assert isinstance(network, EnformerStyleClassifier) and network.time_mlp is not None
+    assert "val/mse" in checkpoints.metadata(value_network)
+
+
+def test_the_docking_compare_config_decodes_with_the_token_value_network(trained, value_network, tmp_path):
+    """configs/molecules/compare_docking_parp1_moses.yaml end to end: 2 molecules per method on a 4-step grid."""
+    pytest.importorskip("vina")
+    export, csv = trained
+    config = read_config(ROOT / "configs/molecules/compare_docking_parp1_moses.yaml")
+    model = config["model"]
+    model.update(model=str(export), model_args={"num_steps": 4}, max_failure_fraction=None)
+    model["reward"]["init_args"]["processes"] = 1
+    methods = model["methods"]
+    methods["best_of_n"]["init_args"]["n"] = 2
+    methods["svdd_pm"]["init_args"].update(num_candidates=2, select_every=2)
+    methods["svdd_mc"]["init_args"].update(num_candidates=2)
+    methods["svdd_mc"]["init_args"]["value"]["init_args"]["network"] = str(value_network)
+    metrics = config["writer"]["set_metrics"]
+    del metrics["fcd_test"]
+    for metric in metrics.values():
+        if isinstance(metric, dict) and "path" in metric["init_args"]:
+            metric["init_args"]["path"] = str(csv)
+            metric["init_args"].pop("max_molecules", None)
+    config["data"] = {"num_samples": 2, "batch_size": 2}
+    path = tmp_path / "docking.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    run_main("decode.py", "predict", "--config", str(path), "--output_dir", str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"pretrained", "best_of_n", "svdd_pm", "svdd_mc"}
+    for entry in summary.values():
+        assert entry["n"] == 2 and entry["reward"]["mean"] >= 0.0 and "qed" in entry
+    assert summary["svdd_pm"]["per_sample"]["reward_calls"] <= 2 * 2 + 1  # 2 selections of 2 candidates, + final
+    assert summary["svdd_mc"]["per_sample"]["reward_calls"] <= 2 + 1      # the last step's candidates, + final
