@@ -69,6 +69,7 @@ JOBS: list[tuple[str, tuple[str, ...]]] = [
     ("train", ("configs/molecules/value_mc_qed.yaml",)),
     ("train", ("configs/molecules/value_mc_qed_moses.yaml",)),
     ("train", ("configs/molecules/value_mc_sa.yaml",)),
+    ("train", ("configs/molecules/value_mc_sa_moses.yaml",)),
     ("train", ("configs/utr/finetune_mrl.yaml",)),
     ("train", ("configs/utr/oracle_mrl.yaml",)),
     ("train", ("configs/utr/pretrain.yaml",)),

@@ -56,7 +56,7 @@ def test_two_steps_export_a_molecule_string_model(trained):
     assert "val/nelbo_bpt" in checkpoints.metadata(export)
 
 
-def test_the_compare_config_decodes_it_with_the_moses_set_metrics(trained, tmp_path):
+def test_the_compare_config_decodes_it_with_the_moses_set_metrics(trained, value_network, tmp_path):
     export, csv = trained
     config = read_config(ROOT / "configs/molecules/compare_qed_moses.yaml")
     model = config["model"]
@@ -64,6 +64,8 @@ def test_the_compare_config_decodes_it_with_the_moses_set_metrics(trained, tmp_p
     model["reward"]["init_args"]["processes"] = 1
     model["methods"]["best_of_n"]["init_args"]["n"] = 2
     model["methods"]["svdd_pm"]["init_args"]["num_candidates"] = 2
+    model["methods"]["svdd_mc"]["init_args"]["num_candidates"] = 2
+    model["methods"]["svdd_mc"]["init_args"]["value"]["init_args"]["network"] = str(value_network)
     config["data"] = {"num_samples": 4, "batch_size": 2}
     metrics = config["writer"]["set_metrics"]
     del metrics["fcd_test"]  # ChemNet is slow on a CPU; test_moses_metrics.py and the benchmark below run it
@@ -76,7 +78,7 @@ def test_the_compare_config_decodes_it_with_the_moses_set_metrics(trained, tmp_p
     out = tmp_path / "out"
     run_main("decode.py", "predict", "--config", str(path), "--output_dir", str(out))
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"pretrained", "best_of_n", "svdd_pm"}
+    assert set(summary) == {"pretrained", "best_of_n", "svdd_pm", "svdd_mc"}
     for entry in summary.values():
         assert entry["n"] == 4 and entry["valid"]["mean"] == pytest.approx(entry["validity"])
         assert 0 <= entry["unique@1000"] <= 1 and "wasserstein_logp" in entry

@@ -107,6 +107,23 @@ def test_shipped_gdss_model_samples_mostly_valid_molecules():
     assert validity(smiles) >= 0.75, smiles  # 97.3% over 1,000 samples (benchmarks/results)
 
 
+def test_shipped_moses_model_samples_valid_distinct_drug_sized_molecules():
+    from rdkit import Chem
+
+    from svdd_lightning.domains.molecules.string_diffusion import MoleculeStringDiffusion
+    from svdd_lightning.domains.molecules.rewards import validity
+
+    path = ROOT / "checkpoints/molecules/mdlm_moses"
+    test_shipped_checkpoints_are_safetensors_with_their_training_record(path, "val/nelbo_bpt")
+    model = checkpoints.load(path, overrides={"num_steps": 32})
+    assert isinstance(model, MoleculeStringDiffusion) and model.vocabulary.representation == "selfies"
+    with torch.inference_mode():
+        smiles = PretrainedSampling().sample(model, lambda s: [0.0] * len(s), generators(32)).samples
+    assert validity(smiles) == 1.0 and len(set(smiles)) == len(smiles), smiles  # SELFIES decode to molecules
+    heavy = sorted(Chem.MolFromSmiles(s).GetNumHeavyAtoms() for s in smiles)
+    assert 8 <= heavy[len(heavy) // 2] <= 30, heavy  # MOSES: 8-27 heavy atoms
+
+
 # --- the MNIST rectified flow -------------------------------------------------------------------------
 def test_shipped_mnist_flow_samples_digits_the_classifier_recognises():
     from svdd_lightning.domains.images.pixel_flow import PixelFlow
