@@ -56,6 +56,23 @@ def test_two_steps_export_a_molecule_string_model(trained):
     assert "val/nelbo_bpt" in checkpoints.metadata(export)
 
 
+def decode_on_tiny_csv(config: dict, csv: Path, tmp_path: Path) -> Path:
+    """``decode.py predict`` of a compare config whose MOSES set metrics read the tiny CSV (as training and
+    reference set) and skip FCD (ChemNet is slow on a CPU; test_moses_metrics.py and the benchmark run it);
+    returns the output directory."""
+    metrics = config["writer"]["set_metrics"]
+    del metrics["fcd_test"]
+    for metric in metrics.values():
+        if isinstance(metric, dict) and "path" in metric["init_args"]:
+            metric["init_args"]["path"] = str(csv)
+            metric["init_args"].pop("max_molecules", None)
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    run_main("decode.py", "predict", "--config", str(path), "--output_dir", str(out))
+    return out
+
+
 def test_the_compare_config_decodes_it_with_the_moses_set_metrics(trained, value_network, tmp_path):
     export, csv = trained
     config = read_config(ROOT / "configs/molecules/compare_qed_moses.yaml")
@@ -67,16 +84,7 @@ def test_the_compare_config_decodes_it_with_the_moses_set_metrics(trained, value
     model["methods"]["svdd_mc"]["init_args"]["num_candidates"] = 2
     model["methods"]["svdd_mc"]["init_args"]["value"]["init_args"]["network"] = str(value_network)
     config["data"] = {"num_samples": 4, "batch_size": 2}
-    metrics = config["writer"]["set_metrics"]
-    del metrics["fcd_test"]  # ChemNet is slow on a CPU; test_moses_metrics.py and the benchmark below run it
-    for metric in metrics.values():  # the tiny CSV as training and reference set
-        if isinstance(metric, dict) and "path" in metric["init_args"]:
-            metric["init_args"]["path"] = str(csv)
-            metric["init_args"].pop("max_molecules", None)
-    path = tmp_path / "compare.yaml"
-    path.write_text(yaml.safe_dump(config))
-    out = tmp_path / "out"
-    run_main("decode.py", "predict", "--config", str(path), "--output_dir", str(out))
+    out = decode_on_tiny_csv(config, csv, tmp_path)
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"pretrained", "best_of_n", "svdd_pm", "svdd_mc"}
     for entry in summary.values():
@@ -140,17 +148,8 @@ def test_the_docking_compare_config_decodes_with_the_token_value_network(trained
     methods["svdd_pm"]["init_args"].update(num_candidates=2, select_every=2)
     methods["svdd_mc"]["init_args"].update(num_candidates=2)
     methods["svdd_mc"]["init_args"]["value"]["init_args"]["network"] = str(value_network)
-    metrics = config["writer"]["set_metrics"]
-    del metrics["fcd_test"]
-    for metric in metrics.values():
-        if isinstance(metric, dict) and "path" in metric["init_args"]:
-            metric["init_args"]["path"] = str(csv)
-            metric["init_args"].pop("max_molecules", None)
     config["data"] = {"num_samples": 2, "batch_size": 2}
-    path = tmp_path / "docking.yaml"
-    path.write_text(yaml.safe_dump(config))
-    out = tmp_path / "out"
-    run_main("decode.py", "predict", "--config", str(path), "--output_dir", str(out))
+    out = decode_on_tiny_csv(config, csv, tmp_path)
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"pretrained", "best_of_n", "svdd_pm", "svdd_mc"}
     for entry in summary.values():
